@@ -1,0 +1,350 @@
+"""`bridge-db`: the console front-end for cron, CI and Ansible (Invoke's tasks call it in-process).
+
+It parses arguments, calls the engine and renders the result: a table for a person, `--json` for a
+machine. Every BridgeDbError becomes its one-line cause, its next step and its exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import __version__
+from .errors import EXIT_CODES, BridgeDbError, UsageError
+
+DEFAULT_ENV_VAR = "BRIDGE_DB_ENV"
+
+
+# --------------------------------------------------------------------------- argument parsing
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse exits 2 itself; keep our one-line cause + next step
+        raise UsageError(message, f"see `{self.prog} --help`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--env", "-e", default=os.environ.get(DEFAULT_ENV_VAR, "dev"),
+                        help="environment from environments.toml (default: dev, or $BRIDGE_DB_ENV)")
+    common.add_argument("--dsn", default=None,
+                        help="libpq connection string or URI overriding the environment's connection "
+                             "(or $BRIDGE_DB_DSN); prefer PGPASSWORD/.pgpass for the password")
+    common.add_argument("--config", default=None, help="environments file (default: environments.toml, or $BRIDGE_DB_CONFIG)")
+    common.add_argument("--migrations-dir", default=None, help="folder of migration files (default: from the config)")
+    common.add_argument("--json", action="store_true", help="print one JSON object (for machines) instead of text")
+
+    runner = argparse.ArgumentParser(add_help=False)
+    runner.add_argument("--dry-run", action="store_true", help="print the plan and its SQL; change nothing")
+    runner.add_argument("--lock-wait", type=float, default=None, metavar="SECONDS",
+                        help="how long to wait for another runner's lock (default: the environment's policy)")
+    runner.add_argument("--single-transaction", action="store_true", default=None,
+                        help="run the whole plan in one transaction: all or nothing")
+
+    parser = _Parser(prog="bridge-db", description="OmniNode Bridge database migrations and operations.",
+                     epilog=_exit_code_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"bridge-db {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
+
+    p = verbs.add_parser("migrate", parents=[common, runner], help="apply pending migrations")
+    p.add_argument("--to", type=int, default=None, metavar="VERSION", help="stop after this migration (default: newest)")
+
+    p = verbs.add_parser("rollback", parents=[common, runner], help="roll back applied migrations, newest first")
+    p.add_argument("--steps", type=int, default=None, help="how many migrations to roll back (default 1)")
+    p.add_argument("--to", type=int, default=None, metavar="VERSION",
+                   help="roll back every migration newer than VERSION (0: all)")
+
+    verbs.add_parser("status", parents=[common], help="show applied and pending migrations (exit 5 on drift)")
+    verbs.add_parser("verify", parents=[common],
+                     help="check history against files and the live schema against the applied migrations")
+
+    p = verbs.add_parser("new", parents=[common], help="scaffold the next numbered migration pair")
+    p.add_argument("name", help="description in lower_snake_case, e.g. add_index_workflow_steps_status")
+
+    p = verbs.add_parser("reset", parents=[common], help="dev only: drop and recreate schema public, then migrate")
+    p.add_argument("--lock-wait", type=float, default=None, metavar="SECONDS")
+
+    p = verbs.add_parser("db", parents=[common], help="the embedded dev database: up, down, status")
+    p.add_argument("action", choices=["up", "down", "status"])
+    return parser
+
+
+def _exit_code_epilog() -> str:
+    return "exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = None
+    try:
+        args = build_parser().parse_args(argv)
+        if not args.verb:
+            build_parser().print_help()
+            return 2
+        return COMMANDS[args.verb](args)
+    except BridgeDbError as exc:
+        _print_error(exc, as_json=bool(args and getattr(args, "json", False)))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: the running transaction was rolled back by the server", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+def _print_error(exc: BridgeDbError, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(exc.as_dict(), default=str))
+        return
+    print(f"error: {exc.message}", file=sys.stderr)
+    if exc.next_step:
+        print(f"  next: {exc.next_step}", file=sys.stderr)
+
+
+def _context(args):
+    """Config, the target to connect to, and the discovered migrations (validated before connecting)."""
+    from .config import load_config
+    from .connection import resolve_target
+    from .discovery import discover_migrations
+
+    config = load_config(args.config)
+    target = resolve_target(config, args.env, args.dsn)
+    folder = Path(args.migrations_dir) if args.migrations_dir else config.migrations_dir
+    return config, target, discover_migrations(folder)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_migrate(args) -> int:
+    from . import engine
+
+    _, target, migrations = _context(args)
+    with HumanProgress.unless(args.json) as progress:
+        result = engine.migrate(target, migrations, to_version=args.to, dry_run=args.dry_run,
+                                single_transaction=args.single_transaction, lock_wait=args.lock_wait,
+                                progress=progress)
+    _render_run(result, args.json)
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from . import engine
+
+    _, target, migrations = _context(args)
+    with HumanProgress.unless(args.json) as progress:
+        result = engine.rollback(target, migrations, steps=args.steps, to_version=args.to, dry_run=args.dry_run,
+                                 single_transaction=args.single_transaction, lock_wait=args.lock_wait,
+                                 progress=progress)
+    _render_run(result, args.json)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from . import engine
+
+    _, target, migrations = _context(args)
+    report = engine.status(target, migrations)
+    if args.json:
+        print(json.dumps(report.as_dict(), default=str))
+    else:
+        print(f"{report.target}")
+        rows = [("VERSION", "NAME", "STATE", "APPLIED AT", "BY", "MS")]
+        for m in report.migrations:
+            rows.append((f"{m.version:03d}", m.name, m.state, (m.applied_at or "-")[:19].replace("T", " "),
+                         m.applied_by or "-", "-" if m.execution_ms is None else str(m.execution_ms)))
+        _print_table(rows)
+        head = f"{report.head:03d}" if report.head else "none"
+        print(f"head {head}, {report.pending} pending")
+        for problem in report.problems:
+            print(f"problem: {problem}", file=sys.stderr)
+    return 5 if report.problems else 0
+
+
+def cmd_verify(args) -> int:
+    from . import engine
+
+    _, target, migrations = _context(args)
+    report = engine.verify(target, migrations)
+    if args.json:
+        print(json.dumps(report.as_dict(), default=str))
+    elif report.ok:
+        print(f"ok: {report.target}: {report.checked_migrations} applied migration(s) match their files; "
+              f"{report.checked_objects} declared tables, columns and indexes present")
+    else:
+        print(f"verify failed: {report.target}", file=sys.stderr)
+        for problem in report.problems:
+            print(f"problem: {problem}", file=sys.stderr)
+    return 0 if report.ok else 5
+
+
+def cmd_new(args) -> int:
+    from .config import load_config
+    from .discovery import scaffold_migration
+
+    config = load_config(args.config)
+    folder = Path(args.migrations_dir) if args.migrations_dir else config.migrations_dir
+    forward, rollback = scaffold_migration(folder, args.name)
+    if args.json:
+        print(json.dumps({"forward": str(forward), "rollback": str(rollback)}))
+    else:
+        print(f"created {forward}\ncreated {rollback}")
+    return 0
+
+
+def cmd_reset(args) -> int:
+    from . import engine
+
+    _, target, migrations = _context(args)
+    with HumanProgress.unless(args.json) as progress:
+        engine.reset_schema(target, lock_wait=args.lock_wait)
+        if progress:
+            print(f"reset {target.label}: schema public dropped and recreated", file=sys.stderr)
+        result = engine.migrate(target, migrations, lock_wait=args.lock_wait, progress=progress)
+    _render_run(result, args.json)
+    return 0
+
+
+def cmd_db(args) -> int:
+    from .config import load_config
+    from .connection import resolve_target
+
+    target = resolve_target(load_config(args.config), args.env)
+    cluster = target.embedded
+    if cluster is None:
+        raise UsageError(f"environment {args.env!r} is not embedded", "db up/down/status manage the embedded dev database (--env dev)")
+    if args.action == "up":
+        status = cluster.up(database=target.database)
+    elif args.action == "down":
+        status = cluster.down()
+    else:
+        status = cluster.status()
+    if args.json:
+        print(json.dumps(status.as_dict()))
+    else:
+        state = f"running (pid {status.pid})" if status.running else ("stopped" if status.initialised else "not created")
+        print(f"embedded dev database: {state}")
+        print(f"  data:    {status.data_dir}")
+        print(f"  socket:  {status.socket_dir} port {status.port}")
+        print(f"  log:     {status.log_file}")
+        if status.server_version:
+            print(f"  version: PostgreSQL {status.server_version} ({status.bindir or 'binaries not found'})")
+        if status.running:
+            print(f"  connect: psql -h {status.socket_dir} -p {status.port} -U postgres -d {target.database}")
+    return 0
+
+
+COMMANDS = {
+    "migrate": cmd_migrate,
+    "rollback": cmd_rollback,
+    "status": cmd_status,
+    "verify": cmd_verify,
+    "new": cmd_new,
+    "reset": cmd_reset,
+    "db": cmd_db,
+}
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _render_run(result, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.as_dict(), default=str))
+        return
+    verb = "apply" if result.action == "migrate" else "roll back"
+    if result.dry_run:
+        if not result.steps:
+            print(f"dry run: nothing to {verb} on {result.target}")
+            return
+        print(f"dry run on {result.target}: would {verb} {len(result.steps)} migration(s)"
+              f"{' in one transaction' if result.single_transaction else ''}; nothing was changed")
+        for step in result.steps:
+            print(f"\n-- ===== {step.file} =====")
+            print(step.sql.rstrip())
+        return
+    head = f"{result.head_after:03d}" if result.head_after else "none"
+    if not result.steps:
+        print(f"nothing to {verb}: {result.target} is at {head}")
+        return
+    adopted = sum(1 for s in result.steps if s.already_existed)
+    done = "applied" if result.action == "migrate" else "rolled back"
+    print(f"{done} {len(result.steps)} migration(s) in {result.total_ms} ms; {result.target} is now at {head}"
+          + (f" ({adopted} adopted existing objects)" if adopted else ""))
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+class HumanProgress:
+    """Each migration's name as it starts and its time when it ends; on a terminal, a ticking clock."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._ticker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._label = ""
+
+    @classmethod
+    @contextmanager
+    def unless(cls, quiet: bool):
+        """A progress printer for people (None when output is JSON); its clock stops on any exit."""
+        progress = None if quiet else cls()
+        try:
+            yield progress
+        finally:
+            if progress:
+                progress._stop_ticker(newline=True)
+
+    def _stop_ticker(self, newline: bool = False) -> bool:
+        if not self._ticker:
+            return False
+        self._stop.set()
+        self._ticker.join()
+        self._ticker = None
+        if newline:
+            print(file=self.stream, flush=True)
+        return True
+
+    def waiting_for_lock(self, holders: list[dict]) -> None:
+        who = ", ".join(f"pid {h['pid']} ({h['application'] or h['user']})" for h in holders) or "another session"
+        print(f"waiting for the migration lock held by {who} ...", file=self.stream, flush=True)
+
+    def step_started(self, action, migration, index, total) -> None:
+        label = f"  [{index}/{total}] {'apply' if action == 'apply' else 'rollback'} {migration.label}"
+        if not self.tty:
+            print(f"{label} ...", file=self.stream, flush=True)
+            return
+        self._stop.clear()
+        started = time.monotonic()
+
+        def tick() -> None:
+            while not self._stop.wait(0.5):
+                print(f"\r{label} ... {time.monotonic() - started:.1f}s", end="", file=self.stream, flush=True)
+
+        print(f"{label} ...", end="", file=self.stream, flush=True)
+        self._label = label
+        self._ticker = threading.Thread(target=tick, daemon=True)
+        self._ticker.start()
+
+    def step_finished(self, step) -> None:
+        note = f", {step.already_existed} object(s) already existed" if step.already_existed else ""
+        if self._stop_ticker():
+            print(f"\r{self._label} ok ({step.execution_ms} ms{note})   ", file=self.stream, flush=True)
+        else:
+            print(f"  ok {step.file} ({step.execution_ms} ms{note})", file=self.stream, flush=True)

@@ -1,0 +1,156 @@
+"""The environments file (environments.toml): loading, validation, and where each environment connects."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+
+CONFIG_FILE_NAME = "environments.toml"
+ENV_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+CONNECTION_KEYS = {"host", "port", "database", "user", "sslmode", "connect_timeout", "service"}
+POLICY_DEFAULTS: dict[str, object] = {
+    "lock_wait_seconds": 60,
+    "single_transaction": False,
+    "allow_reset": False,
+}
+OTHER_KEYS = {"embedded", "migrations_dir"}
+# Keys that would put a secret in a versioned file.
+FORBIDDEN_KEYS = {"password", "passwd", "pass", "dsn", "url"}
+
+
+@dataclass(frozen=True)
+class Policy:
+    lock_wait_seconds: float = 60
+    single_transaction: bool = False
+    allow_reset: bool = False
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    connection: dict[str, object]
+    policy: Policy
+    embedded: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    project_root: Path
+    migrations_dir: Path
+    environments: dict[str, Environment] = field(default_factory=dict)
+
+    def environment(self, name: str) -> Environment:
+        if not ENV_NAME_RE.match(name or ""):
+            raise UsageError(
+                f"invalid environment name {name!r}",
+                f"use one of: {', '.join(self.environments)}",
+            )
+        try:
+            return self.environments[name]
+        except KeyError:
+            raise UsageError(
+                f"unknown environment {name!r}",
+                f"use one of: {', '.join(self.environments)} (defined in {self.path})",
+            ) from None
+
+
+def find_config_file(explicit: str | os.PathLike | None = None) -> Path:
+    """--config, else $BRIDGE_DB_CONFIG, else environments.toml in the working folder or a parent,
+    else the one in the checkout this package was installed from (editable install)."""
+    candidate = explicit or os.environ.get("BRIDGE_DB_CONFIG")
+    if candidate:
+        path = Path(candidate)
+        if not path.is_file():
+            raise UsageError(f"config file not found: {path}", "pass an existing file to --config")
+        return path
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / CONFIG_FILE_NAME).is_file():
+            return folder / CONFIG_FILE_NAME
+    checkout = Path(__file__).resolve().parents[2] / CONFIG_FILE_NAME
+    if checkout.is_file():
+        return checkout
+    raise UsageError(
+        f"no {CONFIG_FILE_NAME} found in {here} or its parents",
+        "run from the project checkout, or pass --config PATH (or set BRIDGE_DB_CONFIG)",
+    )
+
+
+def load_config(explicit: str | os.PathLike | None = None) -> Config:
+    path = find_config_file(explicit)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: malformed config: {exc}", "fix the TOML syntax of the file") from None
+    return parse_config(data, path)
+
+
+def parse_config(data: dict, path: Path) -> Config:
+    unknown = set(data) - {"defaults", "environments"}
+    if unknown:
+        raise UsageError(f"{path}: unknown top-level keys {sorted(unknown)}", "allowed: [defaults], [environments.NAME]")
+    defaults = data.get("defaults", {})
+    envs = data.get("environments", {})
+    if not isinstance(defaults, dict) or not isinstance(envs, dict) or not envs:
+        raise UsageError(f"{path}: needs at least one [environments.NAME] table", "see README: Environments")
+    _check_keys(path, "defaults", defaults)
+
+    root = path.resolve().parent
+    migrations_dir = root / str(defaults.get("migrations_dir", "migrations"))
+    environments = {}
+    for name, settings in envs.items():
+        if not ENV_NAME_RE.match(name):
+            raise UsageError(f"{path}: invalid environment name {name!r}", "use lower case letters, digits, - and _")
+        if not isinstance(settings, dict):
+            raise UsageError(f"{path}: [environments.{name}] must be a table", "see README: Environments")
+        _check_keys(path, f"environments.{name}", settings)
+        merged = {**POLICY_DEFAULTS, "connect_timeout": 10, **defaults, **settings}
+        connection = {k: merged[k] for k in CONNECTION_KEYS if k in merged}
+        if "database" not in connection and "service" not in connection:
+            raise UsageError(f"{path}: [environments.{name}] has no database", "add database = \"omninode_bridge\"")
+        policy = Policy(
+            lock_wait_seconds=_number(path, name, "lock_wait_seconds", merged["lock_wait_seconds"]),
+            single_transaction=_bool(path, name, "single_transaction", merged["single_transaction"]),
+            allow_reset=_bool(path, name, "allow_reset", merged["allow_reset"]),
+        )
+        environments[name] = Environment(
+            name=name,
+            connection=connection,
+            policy=policy,
+            embedded=_bool(path, name, "embedded", merged.get("embedded", False)),
+        )
+    return Config(path=path, project_root=root, migrations_dir=migrations_dir, environments=environments)
+
+
+def _check_keys(path: Path, section: str, table: dict) -> None:
+    for key in table:
+        if key.lower() in FORBIDDEN_KEYS:
+            raise UsageError(
+                f"{path}: [{section}] sets {key!r}: secrets never live in this file",
+                "remove it; use PGPASSWORD, ~/.pgpass, a pg_service.conf entry or Ansible Vault",
+            )
+    unknown = set(table) - CONNECTION_KEYS - set(POLICY_DEFAULTS) - OTHER_KEYS
+    if unknown:
+        raise UsageError(
+            f"{path}: [{section}] has unknown keys {sorted(unknown)}",
+            f"allowed: {', '.join(sorted(CONNECTION_KEYS | set(POLICY_DEFAULTS) | OTHER_KEYS))}",
+        )
+
+
+def _number(path: Path, env: str, key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise UsageError(f"{path}: [environments.{env}] {key} must be a non-negative number", f"e.g. {key} = 60")
+    return float(value)
+
+
+def _bool(path: Path, env: str, key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"{path}: [environments.{env}] {key} must be true or false", f"e.g. {key} = false")
+    return value

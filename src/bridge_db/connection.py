@@ -1,0 +1,205 @@
+"""Where to connect (a Target resolved from the environments file), opening the connection, and the
+session advisory lock that serialises migration runners on one database."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+
+from . import __version__
+from .config import Config, Environment
+from .errors import ConnectionFailed, LockTimeout, UsageError
+
+DSN_ENV_VAR = "BRIDGE_DB_DSN"
+APPLICATION_NAME = "bridge-db"
+
+# One lock per database (advisory locks are scoped to the current database).
+LOCK_KEY = int.from_bytes(hashlib.sha256(b"omninode_bridge.schema_migrations").digest()[:8], "big", signed=True)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A database to work on: the environment's policy plus libpq parameters. Never holds a password
+    unless the user passed one in --dsn, and `label` never shows one."""
+
+    environment: Environment
+    params: dict[str, object]
+    dsn: str | None = None
+    embedded: object | None = field(default=None, compare=False)  # EmbeddedCluster, started on demand
+
+    @property
+    def label(self) -> str:
+        p = self.params
+        if self.dsn is not None:
+            p = {**_safe_dsn_params(self.dsn), **{k: v for k, v in p.items() if k != "application_name"}}
+        host = p.get("host") or "(default socket)"
+        where = f"{host}:{p.get('port', 5432)}/{p.get('dbname', '?')}"
+        if p.get("service"):
+            where = f"service={p['service']}"
+        user = f" as {p['user']}" if p.get("user") else ""
+        kind = " (embedded)" if self.embedded is not None else ""
+        return f"{self.environment.name}{kind}: {where}{user}"
+
+    @property
+    def database(self) -> str | None:
+        if self.dsn is not None:
+            return _safe_dsn_params(self.dsn).get("dbname") or os.environ.get("PGDATABASE")
+        return self.params.get("dbname")  # type: ignore[return-value]
+
+
+def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Target:
+    """The environment's connection, unless --dsn (or $BRIDGE_DB_DSN) overrides it.
+
+    An embedded environment without an override connects to the project-local cluster.
+    """
+    environment = config.environment(env_name)
+    if dsn is None:
+        dsn = os.environ.get(DSN_ENV_VAR)
+    if dsn is not None:
+        _safe_dsn_params(dsn)  # validate early, without echoing the string
+        extra = {"application_name": APPLICATION_NAME}
+        if "connect_timeout" not in dsn:
+            extra["connect_timeout"] = environment.connection.get("connect_timeout", 10)
+        return Target(environment, extra, dsn=dsn)
+
+    params: dict[str, object] = {"application_name": APPLICATION_NAME}
+    for key, value in environment.connection.items():
+        params["dbname" if key == "database" else key] = value
+    if environment.embedded:
+        from .embedded import EmbeddedCluster
+
+        cluster = EmbeddedCluster.for_project(config.project_root, port=int(params.get("port", 54329)))
+        params.update(cluster.connection_params())
+        return Target(environment, params, embedded=cluster)
+    return Target(environment, params)
+
+
+def _safe_dsn_params(dsn: str) -> dict[str, str]:
+    try:
+        parsed = psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.ProgrammingError:
+        # The libpq message may quote the string, password included: do not repeat it.
+        raise UsageError(
+            "the DSN is not a valid libpq connection string or postgresql:// URI",
+            "check --dsn / $BRIDGE_DB_DSN (e.g. 'host=db.example port=5432 dbname=omninode_bridge user=me')",
+        ) from None
+    parsed.pop("password", None)
+    return parsed
+
+
+def connect(target: Target, *, start_embedded: bool = True):
+    """An autocommit connection (the engine issues BEGIN/COMMIT itself), or ConnectionFailed.
+
+    For the embedded dev cluster, a failed first attempt starts the cluster and tries once more, so a
+    no-op run on a running cluster costs one connection and no process spawn.
+    """
+    try:
+        return _open(target)
+    except psycopg2.OperationalError as exc:
+        if target.embedded is None or not start_embedded:
+            raise _connection_failed(target, exc) from None
+    target.embedded.up(database=target.database)  # type: ignore[attr-defined]
+    try:
+        return _open(target)
+    except psycopg2.OperationalError as exc:
+        raise _connection_failed(target, exc) from None
+
+
+def _open(target: Target):
+    if target.dsn is not None:
+        conn = psycopg2.connect(target.dsn, **target.params)
+    else:
+        conn = psycopg2.connect(**target.params)
+    conn.autocommit = True
+    return conn
+
+
+def _connection_failed(target: Target, exc: Exception) -> ConnectionFailed:
+    first_line = (str(exc).strip().splitlines() or ["unknown error"])[0]
+    text = str(exc)
+    if "password authentication failed" in text or "no password supplied" in text:
+        hint = "provide the password via PGPASSWORD, ~/.pgpass or a service file (never in environments.toml)"
+    elif "does not exist" in text and "database" in text:
+        hint = f"create the database first (createdb {target.database or 'omninode_bridge'}), see README"
+    elif "timeout" in text:
+        hint = "the server did not answer in time: check host, port, firewall and connect_timeout"
+    else:
+        hint = "check that the server is running and that host/port/user in environments.toml (or --dsn) are right"
+    return ConnectionFailed(f"cannot connect to {target.label}: {first_line}", hint)
+
+
+def lost_connection(target: Target, exc: Exception) -> ConnectionFailed:
+    first_line = (str(exc).strip().splitlines() or ["connection lost"])[0]
+    return ConnectionFailed(
+        f"lost the connection to {target.label}: {first_line}",
+        "the open transaction was rolled back by the server; check the server, then run the same command again",
+    )
+
+
+@contextmanager
+def migration_lock(conn, wait_seconds: float, on_wait: Callable[[list[dict]], None] | None = None) -> Iterator[None]:
+    """Hold the session advisory lock for the whole run; wait at most `wait_seconds` for it.
+
+    A second runner waits here, and once it has the lock it re-reads history, so it finds nothing
+    left to do instead of applying anything twice.
+    """
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))
+        if not cur.fetchone()[0]:
+            holders = lock_holders(conn)
+            if on_wait:
+                on_wait(holders)
+            if wait_seconds <= 0:
+                raise _lock_timeout(wait_seconds, holders)
+            cur.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(wait_seconds * 1000)}ms",))
+            try:
+                cur.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+            except psycopg2.errors.LockNotAvailable:
+                raise _lock_timeout(wait_seconds, lock_holders(conn)) from None
+            finally:
+                if not conn.closed:
+                    cur.execute("RESET lock_timeout")
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+            except psycopg2.Error:
+                pass  # the session is gone, and its lock with it
+
+
+def lock_holders(conn) -> list[dict]:
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            SELECT a.pid, a.usename, a.application_name, host(a.client_addr),
+                   extract(epoch FROM now() - a.backend_start)::int
+              FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+               AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid
+            """,
+            ((LOCK_KEY >> 32) & 0xFFFFFFFF, LOCK_KEY & 0xFFFFFFFF),
+        )
+        return [
+            {"pid": r[0], "user": r[1], "application": r[2], "client": r[3], "connected_seconds": r[4]}
+            for r in cur.fetchall()
+        ]
+
+
+def _lock_timeout(wait_seconds: float, holders: list[dict]) -> LockTimeout:
+    who = ", ".join(f"pid {h['pid']} ({h['user']}, {h['application'] or 'no app name'})" for h in holders)
+    return LockTimeout(
+        f"another migration runner holds the lock{': ' + who if who else ''}; waited {wait_seconds:g}s",
+        "let it finish and run again, or raise --lock-wait; if that session is stuck, "
+        "end it with SELECT pg_terminate_backend(<pid>)",
+        holders=holders,
+    )

@@ -1,0 +1,600 @@
+"""Plan, apply, roll back, inspect and verify migrations: the whole path from `migrate` to COMMIT.
+
+Read top to bottom: `migrate()` connects, takes the advisory lock, validates history against the files,
+plans what is pending, checks prerequisites, then `_apply()` runs each migration and its history row in
+one transaction. `rollback()`, `status()` and `verify()` reuse the same pieces.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Iterable
+
+import psycopg2
+import psycopg2.sql
+
+from .connection import Target, connect, lost_connection, migration_lock
+from .discovery import Migration, SqlFile
+from .errors import MigrationFailed, PrerequisiteMissing, RefusedByPolicy, UsageError, ValidationFailed
+from .history import (
+    AppliedMigration,
+    RunContext,
+    ensure_history_tables,
+    log_step,
+    read_applied,
+    record_applied,
+    record_rolled_back,
+)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class StepResult:
+    action: str  # "apply" | "rollback"
+    version: int
+    name: str
+    file: str
+    execution_ms: int = 0
+    already_existed: int = 0  # objects skipped by IF NOT EXISTS: >0 when adopting a psql-built schema
+    sql: str | None = None  # filled for --dry-run
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class RunResult:
+    action: str  # "migrate" | "rollback"
+    target: str
+    dry_run: bool
+    head_before: int | None
+    head_after: int | None
+    steps: list[StepResult] = field(default_factory=list)
+    total_ms: int = 0
+    single_transaction: bool = False
+    run_id: str | None = None
+
+    def as_dict(self) -> dict:
+        data = dict(self.__dict__)
+        data["steps"] = [s.as_dict() for s in self.steps]
+        return data
+
+
+@dataclass
+class MigrationState:
+    version: int
+    name: str
+    state: str  # applied | pending | modified | missing
+    applied: bool
+    applied_at: str | None = None
+    applied_by: str | None = None
+    execution_ms: int | None = None
+    file_checksum: str | None = None
+    applied_checksum: str | None = None
+
+
+@dataclass
+class StatusReport:
+    target: str
+    head: int | None
+    migrations: list[MigrationState]
+    problems: list[str]
+
+    @property
+    def pending(self) -> int:
+        return sum(1 for m in self.migrations if m.state == "pending")
+
+    def as_dict(self) -> dict:
+        return {
+            "target": self.target,
+            "head": self.head,
+            "pending": self.pending,
+            "problems": self.problems,
+            "migrations": [dict(m.__dict__) for m in self.migrations],
+        }
+
+
+@dataclass
+class VerifyReport:
+    target: str
+    head: int | None
+    checked_migrations: int
+    checked_objects: int
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "ok": self.ok}
+
+
+class Progress:
+    """What a front-end is told while a run goes on. The default says nothing."""
+
+    def waiting_for_lock(self, holders: list[dict]) -> None: ...
+
+    def step_started(self, action: str, migration: Migration, index: int, total: int) -> None: ...
+
+    def step_finished(self, step: StepResult) -> None: ...
+
+
+# --------------------------------------------------------------------------- migrate
+
+
+def migrate(
+    target: Target,
+    migrations: list[Migration],
+    *,
+    to_version: int | None = None,
+    dry_run: bool = False,
+    single_transaction: bool | None = None,
+    lock_wait: float | None = None,
+    progress: Progress | None = None,
+    run: RunContext | None = None,
+) -> RunResult:
+    """Bring the target up to `to_version` (default: the newest file)."""
+    progress = progress or Progress()
+    policy = target.environment.policy
+    single = policy.single_transaction if single_transaction is None else single_transaction
+    run = run or RunContext(environment=target.environment.name)
+    _check_version_arg(migrations, to_version)
+    started = time.perf_counter()
+
+    conn = connect(target)
+    try:
+        with _locked(conn, target, lock_wait, progress, dry_run):
+            cur = conn.cursor()
+            applied = read_applied(cur)
+            _raise_on_problems(history_problems(migrations, applied))
+            plan = plan_pending(migrations, applied, to_version)
+            head = max(applied, default=None)
+            result = RunResult("migrate", target.label, dry_run, head, head, single_transaction=single, run_id=run.run_id)
+            if dry_run:
+                result.steps = [_planned("apply", m, m.forward) for m in plan]
+                result.head_after = plan[-1].version if plan else head
+                return result
+            if not plan:
+                return result
+            for migration in plan:  # parse everything first: a syntax error anywhere stops before any DDL
+                migration.forward.statements
+            check_required_extensions(cur, plan)
+            ensure_history_tables(cur)
+            result.steps = _run_plan(conn, target, "apply", plan, single, progress, run)
+            result.head_after = plan[-1].version
+            result.total_ms = _ms_since(started)
+            return result
+    except psycopg2.Error as exc:  # outside a migration step: the connection dropped, or the server stopped
+        raise lost_connection(target, exc) from None
+    finally:
+        conn.close()
+
+
+def plan_pending(migrations: list[Migration], applied: dict[int, AppliedMigration], to_version: int | None = None) -> list[Migration]:
+    return [m for m in migrations if m.version not in applied and (to_version is None or m.version <= to_version)]
+
+
+@dataclass(frozen=True)
+class Problem:
+    cause: str
+    next_step: str
+
+    def __str__(self) -> str:
+        return f"{self.cause}; {self.next_step}"
+
+
+def history_problems(migrations: list[Migration], applied: dict[int, AppliedMigration]) -> list[Problem]:
+    """Everything that makes it unsafe to run: edited or missing applied files, out-of-order history."""
+    by_version = {m.version: m for m in migrations}
+    problems = []
+    for version, row in sorted(applied.items()):
+        migration = by_version.get(version)
+        if migration is None:
+            problems.append(Problem(
+                f"applied migration {version:03d} ({row.name}) has no file in migrations/",
+                "restore the file from version control (never delete an applied migration)",
+            ))
+        elif migration.checksum != row.checksum:
+            problems.append(Problem(
+                f"{migration.forward.path.name} was changed after it was applied "
+                f"(applied checksum {row.checksum}, file checksum {migration.checksum})",
+                "restore the file as it was applied (git log -p) and put the change in a new migration",
+            ))
+    head = max(applied, default=0)
+    for migration in migrations:
+        if migration.version < head and migration.version not in applied:
+            problems.append(Problem(
+                f"{migration.forward.path.name} is pending but newer migration {head:03d} is applied",
+                "roll back to before it, or renumber the unapplied one after the head",
+            ))
+    return problems
+
+
+def check_required_extensions(cur, plan: Iterable[Migration]) -> None:
+    """Refuse before any DDL when a migration's `-- bridge:requires-extension` is not installed."""
+    needed: dict[str, str] = {}
+    for migration in plan:
+        for ext in migration.required_extensions:
+            needed.setdefault(ext, migration.forward.path.name)
+    if not needed:
+        return
+    cur.execute("SELECT extname FROM pg_extension WHERE extname = ANY(%s)", (list(needed),))
+    missing = [ext for ext in needed if ext not in {r[0] for r in cur.fetchall()}]
+    if not missing:
+        return
+    cur.execute("SELECT current_database(), name FROM pg_available_extensions RIGHT JOIN (SELECT 1) one ON name = ANY(%s)", (missing,))
+    rows = cur.fetchall()
+    database = rows[0][0] if rows and rows[0][0] else "omninode_bridge"
+    installable = {r[1] for r in rows if r[1]}
+    commands = "; ".join(f'CREATE EXTENSION IF NOT EXISTS "{ext}";' for ext in missing)
+    hint = f"as a superuser run: psql -d {database} -c '{commands}'"
+    not_installed = [ext for ext in missing if ext not in installable]
+    if not_installed:
+        hint = f"install the server's contrib package (e.g. apt-get install postgresql-contrib), then {hint}"
+    raise PrerequisiteMissing(
+        f"required extension(s) missing in database {database}: {', '.join(missing)} "
+        f"(needed by {', '.join(sorted(set(needed[e] for e in missing)))})",
+        hint,
+        missing=missing,
+    )
+
+
+# --------------------------------------------------------------------------- rollback
+
+
+def rollback(
+    target: Target,
+    migrations: list[Migration],
+    *,
+    steps: int | None = None,
+    to_version: int | None = None,
+    dry_run: bool = False,
+    single_transaction: bool | None = None,
+    lock_wait: float | None = None,
+    progress: Progress | None = None,
+    run: RunContext | None = None,
+) -> RunResult:
+    """Undo the newest `steps` migrations (default 1), or every one newer than `to_version`."""
+    if steps is not None and to_version is not None:
+        raise UsageError("give either --steps or --to, not both", "e.g. rollback --steps 1, or rollback --to 3")
+    if steps is not None and steps < 1:
+        raise UsageError(f"--steps must be 1 or more (got {steps})", "e.g. rollback --steps 1")
+    if to_version is not None and to_version < 0:
+        raise UsageError(f"--to must be 0 or a migration number (got {to_version})", "rollback --to 0 undoes everything")
+    progress = progress or Progress()
+    single = target.environment.policy.single_transaction if single_transaction is None else single_transaction
+    run = run or RunContext(environment=target.environment.name)
+    started = time.perf_counter()
+
+    conn = connect(target)
+    try:
+        with _locked(conn, target, lock_wait, progress, dry_run):
+            cur = conn.cursor()
+            applied = read_applied(cur)
+            _raise_on_problems(history_problems(migrations, applied))
+            newest_first = [m for m in reversed(migrations) if m.version in applied]
+            if to_version is not None:
+                plan = [m for m in newest_first if m.version > to_version]
+            else:
+                plan = newest_first[: steps or 1]
+            head = max(applied, default=None)
+            result = RunResult("rollback", target.label, dry_run, head, head, single_transaction=single, run_id=run.run_id)
+            remaining = sorted(set(applied) - {m.version for m in plan})
+            if dry_run:
+                result.steps = [_planned("rollback", m, m.rollback) for m in plan]
+                result.head_after = remaining[-1] if remaining else None
+                return result
+            if not plan:
+                return result
+            for migration in plan:
+                migration.rollback.statements
+            result.steps = _run_plan(conn, target, "rollback", plan, single, progress, run)
+            result.head_after = remaining[-1] if remaining else None
+            result.total_ms = _ms_since(started)
+            return result
+    except psycopg2.Error as exc:
+        raise lost_connection(target, exc) from None
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- running steps
+
+
+def _run_plan(conn, target: Target, action: str, plan: list[Migration], single: bool, progress: Progress, run: RunContext) -> list[StepResult]:
+    """Each migration in its own transaction, or (single) the whole plan in one."""
+    cur = conn.cursor()
+    done: list[StepResult] = []
+    if single:
+        cur.execute("BEGIN")
+    for index, migration in enumerate(plan, start=1):
+        progress.step_started(action, migration, index, len(plan))
+        if not single:
+            cur.execute("BEGIN")
+        step = _run_step(conn, cur, target, action, migration, run)
+        if not single:
+            cur.execute("COMMIT")
+        done.append(step)
+        progress.step_finished(step)
+    if single:
+        _commit_or_fail(conn, cur, target, action, plan[-1], run)
+    return done
+
+
+def _run_step(conn, cur, target: Target, action: str, migration: Migration, run: RunContext) -> StepResult:
+    """Run one file's statements and write its history and log rows, inside the caller's transaction.
+
+    On a failing statement: ROLLBACK, log the failure in its own transaction, raise MigrationFailed
+    naming file and line. The database is left as it was before the transaction began.
+    """
+    sql_file = migration.forward if action == "apply" else migration.rollback
+    started_at = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    notices_before = len(conn.notices)
+    statement = None
+    try:
+        for statement in sql_file.statements:
+            cur.execute(statement.sql)
+        elapsed = _ms_since(t0)
+        if action == "apply":
+            record_applied(cur, migration.version, migration.name, migration.checksum, elapsed)
+        else:
+            record_rolled_back(cur, migration.version)
+        log_step(cur, run, action, migration.version, migration.name, migration.checksum,
+                 success=True, started_at=started_at, execution_ms=elapsed)
+    except psycopg2.Error as exc:
+        raise _step_failed(conn, target, action, migration, sql_file, statement, exc, run, started_at, t0) from None
+    except BaseException:  # Ctrl-C or a bug: never leave the transaction open
+        _rollback_quietly(conn)
+        raise
+    skipped = sum(1 for n in conn.notices[notices_before:] if "already exists, skipping" in n)
+    return StepResult(action, migration.version, migration.name, sql_file.path.name, elapsed, skipped)
+
+
+def _commit_or_fail(conn, cur, target: Target, action: str, last: Migration, run: RunContext) -> None:
+    try:
+        cur.execute("COMMIT")
+    except psycopg2.Error as exc:  # deferred constraints fire here
+        sql_file = last.forward if action == "apply" else last.rollback
+        raise _step_failed(conn, target, action, last, sql_file, None, exc, run, datetime.now(timezone.utc), time.perf_counter()) from None
+
+
+def _step_failed(conn, target, action, migration, sql_file: SqlFile, statement, exc, run, started_at, t0) -> Exception:
+    if conn.closed:
+        return lost_connection(target, exc)
+    _rollback_quietly(conn)
+    error = (getattr(exc, "pgerror", None) or str(exc)).strip()
+    first_line = error.splitlines()[0] if error else type(exc).__name__
+    for prefix in ("ERROR:  ", "FATAL:  "):
+        first_line = first_line.removeprefix(prefix)
+    line = None
+    if statement is not None:
+        line = statement.line
+        position = getattr(getattr(exc, "diag", None), "statement_position", None)
+        if position:
+            line += statement.sql[: int(position) - 1].count("\n")
+    try:  # the failure is worth a log row even though the step's changes are gone
+        with conn.cursor() as cur:
+            cur.execute("BEGIN")
+            log_step(cur, run, action, migration.version, migration.name, migration.checksum,
+                     success=False, started_at=started_at, execution_ms=_ms_since(t0), error=first_line)
+            cur.execute("COMMIT")
+    except psycopg2.Error:
+        _rollback_quietly(conn)
+    where = f"{sql_file.path.name}:{line}" if line else sql_file.path.name
+    return MigrationFailed(
+        f"{where}: {first_line} (sqlstate {getattr(exc, 'pgcode', None) or '?'})",
+        f"{'migration' if action == 'apply' else 'rollback'} rolled back, nothing from it was recorded; "
+        "fix the SQL and run again",
+        file=str(sql_file.path),
+        line=line,
+        version=migration.version,
+        sqlstate=getattr(exc, "pgcode", None),
+    )
+
+
+def _rollback_quietly(conn) -> None:
+    if conn.closed:
+        return
+    try:
+        with conn.cursor() as cur:
+            cur.execute("ROLLBACK")
+    except psycopg2.Error:
+        pass
+
+
+# --------------------------------------------------------------------------- reset (dev)
+
+
+def reset_schema(target: Target, lock_wait: float | None = None) -> list[str]:
+    """Drop and recreate schema public (tables, history and all) in ONE transaction, recreating the
+    extensions that lived in it. The caller migrates afterwards. Refused unless the policy allows it."""
+    if not target.environment.policy.allow_reset:
+        raise RefusedByPolicy(
+            f"reset is refused on environment {target.environment.name!r}: it drops every table",
+            "reset is for dev; on other environments roll back with `rollback --to VERSION`",
+        )
+    conn = connect(target)
+    try:
+        with migration_lock(conn, target.environment.policy.lock_wait_seconds if lock_wait is None else lock_wait):
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT e.extname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+                    "WHERE n.nspname = 'public' ORDER BY e.extname"
+                )
+                extensions = [r[0] for r in cur.fetchall()]
+                cur.execute("SELECT current_setting('server_version_num')::int")
+                owner = "pg_database_owner" if cur.fetchone()[0] >= 140000 else "CURRENT_USER"
+                cur.execute("BEGIN")
+                try:
+                    cur.execute("DROP SCHEMA public CASCADE")
+                    cur.execute("CREATE SCHEMA public")
+                    cur.execute(f"ALTER SCHEMA public OWNER TO {owner}")
+                    cur.execute("GRANT USAGE ON SCHEMA public TO PUBLIC")
+                    for ext in extensions:
+                        cur.execute(psycopg2.sql.SQL("CREATE EXTENSION {} SCHEMA public").format(psycopg2.sql.Identifier(ext)))
+                    cur.execute("COMMIT")
+                except psycopg2.Error as exc:
+                    if conn.closed:
+                        raise
+                    _rollback_quietly(conn)
+                    raise MigrationFailed(f"reset failed: {str(exc).strip().splitlines()[0]}",
+                                          "nothing was dropped; check the database owner's privileges") from None
+        return extensions
+    except psycopg2.Error as exc:
+        raise lost_connection(target, exc) from None
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- status and verify
+
+
+def status(target: Target, migrations: list[Migration]) -> StatusReport:
+    conn = connect(target)
+    try:
+        with conn.cursor() as cur:
+            applied = read_applied(cur)
+    except psycopg2.Error as exc:
+        raise lost_connection(target, exc) from None
+    finally:
+        conn.close()
+    return _status_report(target, migrations, applied)
+
+
+def _status_report(target: Target, migrations: list[Migration], applied: dict[int, AppliedMigration]) -> StatusReport:
+    states = []
+    for m in migrations:
+        row = applied.get(m.version)
+        state = "pending" if row is None else ("modified" if row.checksum != m.checksum else "applied")
+        states.append(MigrationState(
+            m.version, m.name, state, row is not None,
+            applied_at=row.applied_at.isoformat() if row else None,
+            applied_by=row.applied_by if row else None,
+            execution_ms=row.execution_ms if row else None,
+            file_checksum=m.checksum,
+            applied_checksum=row.checksum if row else None,
+        ))
+    known = {m.version for m in migrations}
+    for version, row in sorted(applied.items()):
+        if version not in known:
+            states.append(MigrationState(version, row.name, "missing", True, row.applied_at.isoformat(),
+                                         row.applied_by, row.execution_ms, None, row.checksum))
+    states.sort(key=lambda s: s.version)
+    problems = [str(p) for p in history_problems(migrations, applied)]
+    return StatusReport(target.label, max(applied, default=None), states, problems)
+
+
+def verify(target: Target, migrations: list[Migration]) -> VerifyReport:
+    """History against files (checksums, missing files, order), then every table, column and index the
+    applied migrations declare against the live catalog."""
+    conn = connect(target)
+    try:
+        with conn.cursor() as cur:
+            applied = read_applied(cur)
+            problems = [str(p) for p in history_problems(migrations, applied)]
+            expected = declared_objects([m for m in migrations if m.version in applied])
+            problems += _missing_objects(cur, expected)
+    except psycopg2.Error as exc:
+        raise lost_connection(target, exc) from None
+    finally:
+        conn.close()
+    checked = len(expected["tables"]) + len(expected["indexes"]) + sum(len(c) for c in expected["tables"].values())
+    return VerifyReport(target.label, max(applied, default=None), len(applied), checked, problems)
+
+
+def declared_objects(applied: list[Migration]) -> dict:
+    """Tables (with columns) and indexes that the applied forward files leave behind, in order."""
+    from pglast import ast, enums
+
+    tables: dict[str, set[str]] = {}
+    indexes: dict[str, str] = {}  # index name -> declaring file
+    for migration in applied:
+        for raw in migration.forward.parse_tree():
+            stmt = raw.stmt
+            if isinstance(stmt, ast.CreateStmt):
+                cols = {e.colname for e in (stmt.tableElts or ()) if isinstance(e, ast.ColumnDef)}
+                tables.setdefault(_qualified(stmt.relation), set()).update(cols)
+            elif isinstance(stmt, ast.IndexStmt) and stmt.idxname:
+                schema = stmt.relation.schemaname
+                indexes[f"{schema}.{stmt.idxname}" if schema else stmt.idxname] = migration.forward.path.name
+            elif isinstance(stmt, ast.AlterTableStmt):
+                table = tables.setdefault(_qualified(stmt.relation), set())
+                for cmd in stmt.cmds or ():
+                    if cmd.subtype == enums.AlterTableType.AT_AddColumn:
+                        table.add(cmd.def_.colname)
+                    elif cmd.subtype == enums.AlterTableType.AT_DropColumn:
+                        table.discard(cmd.name)
+            elif isinstance(stmt, ast.DropStmt):
+                for obj in stmt.objects or ():
+                    name = ".".join(n.sval for n in obj) if isinstance(obj, tuple) else None
+                    if stmt.removeType == enums.ObjectType.OBJECT_TABLE and name:
+                        tables.pop(name, None)
+                    elif stmt.removeType == enums.ObjectType.OBJECT_INDEX and name:
+                        indexes.pop(name, None)
+    return {"tables": tables, "indexes": indexes}
+
+
+def _qualified(relation) -> str:
+    return f"{relation.schemaname}.{relation.relname}" if relation.schemaname else relation.relname
+
+
+def _missing_objects(cur, expected: dict) -> list[str]:
+    problems = []
+    for table, columns in sorted(expected["tables"].items()):
+        cur.execute(
+            "SELECT c.oid IS NOT NULL, coalesce(array_agg(a.attname::text) FILTER (WHERE a.attname IS NOT NULL), '{}') "
+            "FROM (SELECT to_regclass(%s) AS oid) c "
+            "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped GROUP BY c.oid",
+            (table,),
+        )
+        exists, live_columns = cur.fetchone()
+        if not exists:
+            problems.append(f"table {table} is missing (declared by an applied migration)")
+            continue
+        for column in sorted(columns - set(live_columns)):
+            problems.append(f"column {table}.{column} is missing (declared by an applied migration)")
+    for index, file in sorted(expected["indexes"].items()):
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (index,))
+        if not cur.fetchone()[0]:
+            problems.append(f"index {index} is missing (declared by {file})")
+    return problems
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _locked(conn, target: Target, lock_wait: float | None, progress: Progress, dry_run: bool):
+    """The advisory lock for a run that writes; a dry run only reads and never waits on a lock."""
+    from contextlib import nullcontext
+
+    if dry_run:
+        return nullcontext()
+    wait = target.environment.policy.lock_wait_seconds if lock_wait is None else lock_wait
+    return migration_lock(conn, wait, progress.waiting_for_lock)
+
+
+def _raise_on_problems(problems: list[str]) -> None:
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s); `status` lists them)" if len(problems) > 1 else ""
+        first = problems[0]
+        raise ValidationFailed(first.cause + more, first.next_step, problems=[str(p) for p in problems])
+
+
+def _check_version_arg(migrations: list[Migration], to_version: int | None) -> None:
+    if to_version is not None and not any(m.version == to_version for m in migrations):
+        known = f"{migrations[0].version:03d}..{migrations[-1].version:03d}" if migrations else "none"
+        raise UsageError(f"--to {to_version}: no such migration (known: {known})", "pass an existing migration number")
+
+
+def _planned(action: str, migration: Migration, sql_file: SqlFile) -> StepResult:
+    return StepResult(action, migration.version, migration.name, sql_file.path.name, sql=sql_file.text)
+
+
+def _ms_since(t0: float) -> int:
+    return int((time.perf_counter() - t0) * 1000)

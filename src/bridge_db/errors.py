@@ -1,0 +1,93 @@
+"""The errors a user can cause, each with its documented exit code and a one-line next step."""
+
+from __future__ import annotations
+
+
+class BridgeDbError(Exception):
+    """Base of every error the engine raises on purpose.
+
+    `message` says what went wrong in one line; `next_step` says what to do about it.
+    Front-ends print both and exit with `exit_code`.
+    """
+
+    exit_code = 1
+    kind = "error"
+
+    def __init__(self, message: str, next_step: str | None = None, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.next_step = next_step
+        self.details = details
+
+    def as_dict(self) -> dict:
+        return {
+            "error": self.kind,
+            "exit_code": self.exit_code,
+            "message": self.message,
+            "next_step": self.next_step,
+            **{k: v for k, v in self.details.items() if v is not None},
+        }
+
+
+class UsageError(BridgeDbError):
+    """Bad arguments, an unknown environment, a malformed config file."""
+
+    exit_code = 2
+    kind = "usage"
+
+
+class ConnectionFailed(BridgeDbError):
+    """The server cannot be reached, or refuses the login, or went away mid-run."""
+
+    exit_code = 3
+    kind = "connection"
+
+
+class LockTimeout(BridgeDbError):
+    """Another runner held the migration lock for longer than we agreed to wait."""
+
+    exit_code = 4
+    kind = "lock_timeout"
+
+
+class ValidationFailed(BridgeDbError):
+    """Migration files and history disagree: a gap, a duplicate, an edited or missing file."""
+
+    exit_code = 5
+    kind = "validation"
+
+
+class MigrationFailed(BridgeDbError):
+    """A statement of a migration failed; its transaction was rolled back."""
+
+    exit_code = 6
+    kind = "migration_failed"
+
+
+class PrerequisiteMissing(BridgeDbError):
+    """Something outside the migrations is missing: an extension, server binaries, privileges."""
+
+    exit_code = 7
+    kind = "prerequisite"
+
+
+class RefusedByPolicy(BridgeDbError):
+    """The environment's policy forbids the command (e.g. `reset` outside dev)."""
+
+    exit_code = 9
+    kind = "refused"
+
+
+# The table the README prints; kept here so that docs and code cannot drift apart.
+EXIT_CODES: list[tuple[int, str]] = [
+    (0, "success (including 'nothing to do')"),
+    (1, "unexpected internal error (a bug: please report it with the output)"),
+    (UsageError.exit_code, "usage or configuration error: bad arguments, unknown environment, malformed config"),
+    (ConnectionFailed.exit_code, "cannot connect to the server, or the connection was lost"),
+    (LockTimeout.exit_code, "migration lock not acquired within the configured wait"),
+    (ValidationFailed.exit_code, "validation failure: gap, duplicate, edited or missing migration file"),
+    (MigrationFailed.exit_code, "SQL error in a migration (rolled back, no history row written)"),
+    (PrerequisiteMissing.exit_code, "missing prerequisite: extension, PostgreSQL server binaries"),
+    (RefusedByPolicy.exit_code, "refused by the environment's policy (e.g. reset outside dev)"),
+    (130, "interrupted (Ctrl-C); the running transaction was rolled back"),
+]

@@ -1,0 +1,12 @@
+-- Migration ${number}: ${description}
+-- Purpose:     TODO say what this changes and why.
+-- Depends on:  ${previous} (and say which tables or extensions it needs).
+-- Rollback:    ${rollback}
+--
+-- Guidelines (migrations/README.md):
+--   * IF NOT EXISTS on every CREATE, so the file can run twice without error or change.
+--   * COMMENT ON every new table and column.
+--   * No BEGIN/COMMIT: bridge-db runs the file and its history row in one transaction.
+--   * Declare extensions it needs, e.g.:  -- bridge:requires-extension uuid-ossp
+--   * Never edit this file once it is applied anywhere: write a new migration instead.
+
