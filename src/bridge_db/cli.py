@@ -31,38 +31,66 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--env", "-e", default=os.environ.get(DEFAULT_ENV_VAR, "dev"),
-                        help="environment from environments.toml (default: dev, or $BRIDGE_DB_ENV)")
-    common.add_argument("--dsn", default=None,
-                        help="libpq connection string or URI overriding the environment's connection "
-                             "(or $BRIDGE_DB_DSN); prefer PGPASSWORD/.pgpass for the password")
-    common.add_argument("--config", default=None, help="environments file (default: environments.toml, or $BRIDGE_DB_CONFIG)")
+    common.add_argument(
+        "--env",
+        "-e",
+        default=os.environ.get(DEFAULT_ENV_VAR, "dev"),
+        help="environment from environments.toml (default: dev, or $BRIDGE_DB_ENV)",
+    )
+    common.add_argument(
+        "--dsn",
+        default=None,
+        help="libpq connection string or URI overriding the environment's connection "
+        "(or $BRIDGE_DB_DSN); prefer PGPASSWORD/.pgpass for the password",
+    )
+    common.add_argument(
+        "--config", default=None, help="environments file (default: environments.toml, or $BRIDGE_DB_CONFIG)"
+    )
     common.add_argument("--migrations-dir", default=None, help="folder of migration files (default: from the config)")
     common.add_argument("--json", action="store_true", help="print one JSON object (for machines) instead of text")
 
     runner = argparse.ArgumentParser(add_help=False)
     runner.add_argument("--dry-run", action="store_true", help="print the plan and its SQL; change nothing")
-    runner.add_argument("--lock-wait", type=float, default=None, metavar="SECONDS",
-                        help="how long to wait for another runner's lock (default: the environment's policy)")
-    runner.add_argument("--single-transaction", action="store_true", default=None,
-                        help="run the whole plan in one transaction: all or nothing")
+    runner.add_argument(
+        "--lock-wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long to wait for another runner's lock (default: the environment's policy)",
+    )
+    runner.add_argument(
+        "--single-transaction",
+        action="store_true",
+        default=None,
+        help="run the whole plan in one transaction: all or nothing",
+    )
 
-    parser = _Parser(prog="bridge-db", description="OmniNode Bridge database migrations and operations.",
-                     epilog=_exit_code_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="bridge-db",
+        description="OmniNode Bridge database migrations and operations.",
+        epilog=_exit_code_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"bridge-db {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
 
     p = verbs.add_parser("migrate", parents=[common, runner], help="apply pending migrations")
-    p.add_argument("--to", type=int, default=None, metavar="VERSION", help="stop after this migration (default: newest)")
+    p.add_argument(
+        "--to", type=int, default=None, metavar="VERSION", help="stop after this migration (default: newest)"
+    )
 
     p = verbs.add_parser("rollback", parents=[common, runner], help="roll back applied migrations, newest first")
     p.add_argument("--steps", type=int, default=None, help="how many migrations to roll back (default 1)")
-    p.add_argument("--to", type=int, default=None, metavar="VERSION",
-                   help="roll back every migration newer than VERSION (0: all)")
+    p.add_argument(
+        "--to", type=int, default=None, metavar="VERSION", help="roll back every migration newer than VERSION (0: all)"
+    )
 
     verbs.add_parser("status", parents=[common], help="show applied and pending migrations (exit 5 on drift)")
-    verbs.add_parser("verify", parents=[common],
-                     help="check history against files and the live schema against the applied migrations")
+    verbs.add_parser(
+        "verify",
+        parents=[common],
+        help="check history against files and the live schema against the applied migrations",
+    )
 
     p = verbs.add_parser("new", parents=[common], help="scaffold the next numbered migration pair")
     p.add_argument("name", help="description in lower_snake_case, e.g. add_index_workflow_steps_status")
@@ -132,9 +160,15 @@ def cmd_migrate(args) -> int:
 
     _, target, migrations = _context(args)
     with HumanProgress.unless(args.json) as progress:
-        result = engine.migrate(target, migrations, to_version=args.to, dry_run=args.dry_run,
-                                single_transaction=args.single_transaction, lock_wait=args.lock_wait,
-                                progress=progress)
+        result = engine.migrate(
+            target,
+            migrations,
+            to_version=args.to,
+            dry_run=args.dry_run,
+            single_transaction=args.single_transaction,
+            lock_wait=args.lock_wait,
+            progress=progress,
+        )
     _render_run(result, args.json)
     return 0
 
@@ -144,9 +178,16 @@ def cmd_rollback(args) -> int:
 
     _, target, migrations = _context(args)
     with HumanProgress.unless(args.json) as progress:
-        result = engine.rollback(target, migrations, steps=args.steps, to_version=args.to, dry_run=args.dry_run,
-                                 single_transaction=args.single_transaction, lock_wait=args.lock_wait,
-                                 progress=progress)
+        result = engine.rollback(
+            target,
+            migrations,
+            steps=args.steps,
+            to_version=args.to,
+            dry_run=args.dry_run,
+            single_transaction=args.single_transaction,
+            lock_wait=args.lock_wait,
+            progress=progress,
+        )
     _render_run(result, args.json)
     return 0
 
@@ -162,8 +203,16 @@ def cmd_status(args) -> int:
         print(f"{report.target}")
         rows = [("VERSION", "NAME", "STATE", "APPLIED AT", "BY", "MS")]
         for m in report.migrations:
-            rows.append((f"{m.version:03d}", m.name, m.state, (m.applied_at or "-")[:19].replace("T", " "),
-                         m.applied_by or "-", "-" if m.execution_ms is None else str(m.execution_ms)))
+            rows.append(
+                (
+                    f"{m.version:03d}",
+                    m.name,
+                    m.state,
+                    (m.applied_at or "-")[:19].replace("T", " "),
+                    m.applied_by or "-",
+                    "-" if m.execution_ms is None else str(m.execution_ms),
+                )
+            )
         _print_table(rows)
         head = f"{report.head:03d}" if report.head else "none"
         print(f"head {head}, {report.pending} pending")
@@ -180,8 +229,10 @@ def cmd_verify(args) -> int:
     if args.json:
         print(json.dumps(report.as_dict(), default=str))
     elif report.ok:
-        print(f"ok: {report.target}: {report.checked_migrations} applied migration(s) match their files; "
-              f"{report.checked_objects} declared tables, columns and indexes present")
+        print(
+            f"ok: {report.target}: {report.checked_migrations} applied migration(s) match their files; "
+            f"{report.checked_objects} declared tables, columns and indexes present"
+        )
     else:
         print(f"verify failed: {report.target}", file=sys.stderr)
         for problem in report.problems:
@@ -223,7 +274,10 @@ def cmd_db(args) -> int:
     target = resolve_target(load_config(args.config), args.env)
     cluster = target.embedded
     if cluster is None:
-        raise UsageError(f"environment {args.env!r} is not embedded", "db up/down/status manage the embedded dev database (--env dev)")
+        raise UsageError(
+            f"environment {args.env!r} is not embedded",
+            "db up/down/status manage the embedded dev database (--env dev)",
+        )
     if args.action == "up":
         status = cluster.up(database=target.database)
     elif args.action == "down":
@@ -233,7 +287,9 @@ def cmd_db(args) -> int:
     if args.json:
         print(json.dumps(status.as_dict()))
     else:
-        state = f"running (pid {status.pid})" if status.running else ("stopped" if status.initialised else "not created")
+        state = (
+            f"running (pid {status.pid})" if status.running else ("stopped" if status.initialised else "not created")
+        )
         print(f"embedded dev database: {state}")
         print(f"  data:    {status.data_dir}")
         print(f"  socket:  {status.socket_dir} port {status.port}")
@@ -268,8 +324,10 @@ def _render_run(result, as_json: bool) -> None:
         if not result.steps:
             print(f"dry run: nothing to {verb} on {result.target}")
             return
-        print(f"dry run on {result.target}: would {verb} {len(result.steps)} migration(s)"
-              f"{' in one transaction' if result.single_transaction else ''}; nothing was changed")
+        print(
+            f"dry run on {result.target}: would {verb} {len(result.steps)} migration(s)"
+            f"{' in one transaction' if result.single_transaction else ''}; nothing was changed"
+        )
         for step in result.steps:
             print(f"\n-- ===== {step.file} =====")
             print(step.sql.rstrip())
@@ -280,8 +338,10 @@ def _render_run(result, as_json: bool) -> None:
         return
     adopted = sum(1 for s in result.steps if s.already_existed)
     done = "applied" if result.action == "migrate" else "rolled back"
-    print(f"{done} {len(result.steps)} migration(s) in {result.total_ms} ms; {result.target} is now at {head}"
-          + (f" ({adopted} adopted existing objects)" if adopted else ""))
+    print(
+        f"{done} {len(result.steps)} migration(s) in {result.total_ms} ms; {result.target} is now at {head}"
+        + (f" ({adopted} adopted existing objects)" if adopted else "")
+    )
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:

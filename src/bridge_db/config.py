@@ -95,7 +95,9 @@ def load_config(explicit: str | os.PathLike | None = None) -> Config:
 def parse_config(data: dict, path: Path) -> Config:
     unknown = set(data) - {"defaults", "environments"}
     if unknown:
-        raise UsageError(f"{path}: unknown top-level keys {sorted(unknown)}", "allowed: [defaults], [environments.NAME]")
+        raise UsageError(
+            f"{path}: unknown top-level keys {sorted(unknown)}", "allowed: [defaults], [environments.NAME]"
+        )
     defaults = data.get("defaults", {})
     envs = data.get("environments", {})
     if not isinstance(defaults, dict) or not isinstance(envs, dict) or not envs:
@@ -114,7 +116,7 @@ def parse_config(data: dict, path: Path) -> Config:
         merged = {**POLICY_DEFAULTS, "connect_timeout": 10, **defaults, **settings}
         connection = {k: merged[k] for k in CONNECTION_KEYS if k in merged}
         if "database" not in connection and "service" not in connection:
-            raise UsageError(f"{path}: [environments.{name}] has no database", "add database = \"omninode_bridge\"")
+            raise UsageError(f"{path}: [environments.{name}] has no database", 'add database = "omninode_bridge"')
         policy = Policy(
             lock_wait_seconds=_number(path, name, "lock_wait_seconds", merged["lock_wait_seconds"]),
             single_transaction=_bool(path, name, "single_transaction", merged["single_transaction"]),

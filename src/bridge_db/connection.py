@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
-from . import __version__
 from .config import Config, Environment
 from .errors import ConnectionFailed, LockTimeout, UsageError
 
@@ -91,6 +90,11 @@ def _safe_dsn_params(dsn: str) -> dict[str, str]:
             "check --dsn / $BRIDGE_DB_DSN (e.g. 'host=db.example port=5432 dbname=omninode_bridge user=me')",
         ) from None
     parsed.pop("password", None)
+    # What libpq itself falls back to, so that the label names the real target.
+    for key, var in (("host", "PGHOST"), ("port", "PGPORT"), ("dbname", "PGDATABASE"), ("user", "PGUSER"),
+                     ("service", "PGSERVICE")):
+        if key not in parsed and os.environ.get(var):
+            parsed[key] = os.environ[var]
     return parsed
 
 

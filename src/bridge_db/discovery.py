@@ -258,8 +258,13 @@ def scaffold_migration(directory: Path, description: str) -> tuple[Path, Path]:
     forward = Path(directory) / f"{number}_{description}.sql"
     rollback = Path(directory) / f"{number}_rollback_{description}.sql"
     templates = Path(__file__).parent / "templates"
-    values = {"number": number, "description": description, "forward": forward.name, "rollback": rollback.name,
-              "previous": existing[-1].forward.path.name if existing else "none"}
+    values = {
+        "number": number,
+        "description": description,
+        "forward": forward.name,
+        "rollback": rollback.name,
+        "previous": existing[-1].forward.path.name if existing else "none",
+    }
     for path, template in ((forward, "forward.sql"), (rollback, "rollback.sql")):
         text = Template((templates / template).read_text(encoding="utf-8")).substitute(values)
         with open(path, "x", encoding="utf-8") as handle:  # never overwrite

@@ -101,7 +101,7 @@ class EmbeddedCluster:
         self.socket_dir = socket_dir
 
     @classmethod
-    def for_project(cls, project_root: Path, port: int) -> "EmbeddedCluster":
+    def for_project(cls, project_root: Path, port: int) -> EmbeddedCluster:
         """.devdb/ in the checkout; when root runs it from a folder the unprivileged server user
         cannot reach (e.g. under /root), a folder under /var/tmp named after the checkout instead."""
         base = Path(project_root) / ".devdb"
@@ -172,13 +172,26 @@ class EmbeddedCluster:
         if self.data_dir.exists() and any(self.data_dir.iterdir()):
             raise PrerequisiteMissing(
                 f"{self.data_dir} exists but is not a PostgreSQL cluster",
-                f"move it away or delete it, then run `invoke db.up` again",
+                "move it away or delete it, then run `invoke db.up` again",
             )
-        self._pg(bindir, "initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust",
-                 "-E", "UTF8", "--no-locale", "--no-instructions")
+        self._pg(
+            bindir,
+            "initdb",
+            "-D",
+            str(self.data_dir),
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-instructions",
+        )
         with open(self.data_dir / "postgresql.conf", "a", encoding="utf-8") as conf:
-            conf.write("\n# Added by bridge-db: settings that depend on where the checkout lives.\n"
-                       "include_if_exists = 'bridge_db.conf'\n")
+            conf.write(
+                "\n# Added by bridge-db: settings that depend on where the checkout lives.\n"
+                "include_if_exists = 'bridge_db.conf'\n"
+            )
 
     def _write_runtime_conf(self) -> None:
         self.socket_dir.mkdir(parents=True, exist_ok=True)
@@ -324,4 +337,3 @@ def _reachable_by(folder: Path, user: str) -> bool:
         if not ok:
             return False
     return True
-

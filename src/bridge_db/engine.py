@@ -8,9 +8,9 @@ one transaction. `rollback()`, `status()` and `verify()` reuse the same pieces.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Iterable
+from datetime import UTC, datetime
 
 import psycopg2
 import psycopg2.sql
@@ -27,7 +27,6 @@ from .history import (
     record_applied,
     record_rolled_back,
 )
-
 
 # --------------------------------------------------------------------------- results
 
@@ -154,15 +153,16 @@ def migrate(
             _raise_on_problems(history_problems(migrations, applied))
             plan = plan_pending(migrations, applied, to_version)
             head = max(applied, default=None)
-            result = RunResult("migrate", target.label, dry_run, head, head, single_transaction=single, run_id=run.run_id)
+            result = RunResult(
+                "migrate", target.label, dry_run, head, head, single_transaction=single, run_id=run.run_id
+            )
             if dry_run:
                 result.steps = [_planned("apply", m, m.forward) for m in plan]
                 result.head_after = plan[-1].version if plan else head
                 return result
             if not plan:
                 return result
-            for migration in plan:  # parse everything first: a syntax error anywhere stops before any DDL
-                migration.forward.statements
+            _parse_all(m.forward for m in plan)  # a syntax error in any file stops before any DDL
             check_required_extensions(cur, plan)
             ensure_history_tables(cur)
             result.steps = _run_plan(conn, target, "apply", plan, single, progress, run)
@@ -175,7 +175,9 @@ def migrate(
         conn.close()
 
 
-def plan_pending(migrations: list[Migration], applied: dict[int, AppliedMigration], to_version: int | None = None) -> list[Migration]:
+def plan_pending(
+    migrations: list[Migration], applied: dict[int, AppliedMigration], to_version: int | None = None
+) -> list[Migration]:
     return [m for m in migrations if m.version not in applied and (to_version is None or m.version <= to_version)]
 
 
@@ -195,23 +197,29 @@ def history_problems(migrations: list[Migration], applied: dict[int, AppliedMigr
     for version, row in sorted(applied.items()):
         migration = by_version.get(version)
         if migration is None:
-            problems.append(Problem(
-                f"applied migration {version:03d} ({row.name}) has no file in migrations/",
-                "restore the file from version control (never delete an applied migration)",
-            ))
+            problems.append(
+                Problem(
+                    f"applied migration {version:03d} ({row.name}) has no file in migrations/",
+                    "restore the file from version control (never delete an applied migration)",
+                )
+            )
         elif migration.checksum != row.checksum:
-            problems.append(Problem(
-                f"{migration.forward.path.name} was changed after it was applied "
-                f"(applied checksum {row.checksum}, file checksum {migration.checksum})",
-                "restore the file as it was applied (git log -p) and put the change in a new migration",
-            ))
+            problems.append(
+                Problem(
+                    f"{migration.forward.path.name} was changed after it was applied "
+                    f"(applied checksum {row.checksum}, file checksum {migration.checksum})",
+                    "restore the file as it was applied (git log -p) and put the change in a new migration",
+                )
+            )
     head = max(applied, default=0)
     for migration in migrations:
         if migration.version < head and migration.version not in applied:
-            problems.append(Problem(
-                f"{migration.forward.path.name} is pending but newer migration {head:03d} is applied",
-                "roll back to before it, or renumber the unapplied one after the head",
-            ))
+            problems.append(
+                Problem(
+                    f"{migration.forward.path.name} is pending but newer migration {head:03d} is applied",
+                    "roll back to before it, or renumber the unapplied one after the head",
+                )
+            )
     return problems
 
 
@@ -227,7 +235,10 @@ def check_required_extensions(cur, plan: Iterable[Migration]) -> None:
     missing = [ext for ext in needed if ext not in {r[0] for r in cur.fetchall()}]
     if not missing:
         return
-    cur.execute("SELECT current_database(), name FROM pg_available_extensions RIGHT JOIN (SELECT 1) one ON name = ANY(%s)", (missing,))
+    cur.execute(
+        "SELECT current_database(), name FROM pg_available_extensions RIGHT JOIN (SELECT 1) one ON name = ANY(%s)",
+        (missing,),
+    )
     rows = cur.fetchall()
     database = rows[0][0] if rows and rows[0][0] else "omninode_bridge"
     installable = {r[1] for r in rows if r[1]}
@@ -265,7 +276,9 @@ def rollback(
     if steps is not None and steps < 1:
         raise UsageError(f"--steps must be 1 or more (got {steps})", "e.g. rollback --steps 1")
     if to_version is not None and to_version < 0:
-        raise UsageError(f"--to must be 0 or a migration number (got {to_version})", "rollback --to 0 undoes everything")
+        raise UsageError(
+            f"--to must be 0 or a migration number (got {to_version})", "rollback --to 0 undoes everything"
+        )
     progress = progress or Progress()
     single = target.environment.policy.single_transaction if single_transaction is None else single_transaction
     run = run or RunContext(environment=target.environment.name)
@@ -283,7 +296,9 @@ def rollback(
             else:
                 plan = newest_first[: steps or 1]
             head = max(applied, default=None)
-            result = RunResult("rollback", target.label, dry_run, head, head, single_transaction=single, run_id=run.run_id)
+            result = RunResult(
+                "rollback", target.label, dry_run, head, head, single_transaction=single, run_id=run.run_id
+            )
             remaining = sorted(set(applied) - {m.version for m in plan})
             if dry_run:
                 result.steps = [_planned("rollback", m, m.rollback) for m in plan]
@@ -291,8 +306,7 @@ def rollback(
                 return result
             if not plan:
                 return result
-            for migration in plan:
-                migration.rollback.statements
+            _parse_all(m.rollback for m in plan)
             result.steps = _run_plan(conn, target, "rollback", plan, single, progress, run)
             result.head_after = remaining[-1] if remaining else None
             result.total_ms = _ms_since(started)
@@ -306,7 +320,9 @@ def rollback(
 # --------------------------------------------------------------------------- running steps
 
 
-def _run_plan(conn, target: Target, action: str, plan: list[Migration], single: bool, progress: Progress, run: RunContext) -> list[StepResult]:
+def _run_plan(
+    conn, target: Target, action: str, plan: list[Migration], single: bool, progress: Progress, run: RunContext
+) -> list[StepResult]:
     """Each migration in its own transaction, or (single) the whole plan in one."""
     cur = conn.cursor()
     done: list[StepResult] = []
@@ -333,7 +349,7 @@ def _run_step(conn, cur, target: Target, action: str, migration: Migration, run:
     naming file and line. The database is left as it was before the transaction began.
     """
     sql_file = migration.forward if action == "apply" else migration.rollback
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     t0 = time.perf_counter()
     notices_before = len(conn.notices)
     statement = None
@@ -345,8 +361,17 @@ def _run_step(conn, cur, target: Target, action: str, migration: Migration, run:
             record_applied(cur, migration.version, migration.name, migration.checksum, elapsed)
         else:
             record_rolled_back(cur, migration.version)
-        log_step(cur, run, action, migration.version, migration.name, migration.checksum,
-                 success=True, started_at=started_at, execution_ms=elapsed)
+        log_step(
+            cur,
+            run,
+            action,
+            migration.version,
+            migration.name,
+            migration.checksum,
+            success=True,
+            started_at=started_at,
+            execution_ms=elapsed,
+        )
     except psycopg2.Error as exc:
         raise _step_failed(conn, target, action, migration, sql_file, statement, exc, run, started_at, t0) from None
     except BaseException:  # Ctrl-C or a bug: never leave the transaction open
@@ -361,7 +386,9 @@ def _commit_or_fail(conn, cur, target: Target, action: str, last: Migration, run
         cur.execute("COMMIT")
     except psycopg2.Error as exc:  # deferred constraints fire here
         sql_file = last.forward if action == "apply" else last.rollback
-        raise _step_failed(conn, target, action, last, sql_file, None, exc, run, datetime.now(timezone.utc), time.perf_counter()) from None
+        raise _step_failed(
+            conn, target, action, last, sql_file, None, exc, run, datetime.now(UTC), time.perf_counter()
+        ) from None
 
 
 def _step_failed(conn, target, action, migration, sql_file: SqlFile, statement, exc, run, started_at, t0) -> Exception:
@@ -381,8 +408,18 @@ def _step_failed(conn, target, action, migration, sql_file: SqlFile, statement, 
     try:  # the failure is worth a log row even though the step's changes are gone
         with conn.cursor() as cur:
             cur.execute("BEGIN")
-            log_step(cur, run, action, migration.version, migration.name, migration.checksum,
-                     success=False, started_at=started_at, execution_ms=_ms_since(t0), error=first_line)
+            log_step(
+                cur,
+                run,
+                action,
+                migration.version,
+                migration.name,
+                migration.checksum,
+                success=False,
+                started_at=started_at,
+                execution_ms=_ms_since(t0),
+                error=first_line,
+            )
             cur.execute("COMMIT")
     except psycopg2.Error:
         _rollback_quietly(conn)
@@ -437,14 +474,18 @@ def reset_schema(target: Target, lock_wait: float | None = None) -> list[str]:
                     cur.execute(f"ALTER SCHEMA public OWNER TO {owner}")
                     cur.execute("GRANT USAGE ON SCHEMA public TO PUBLIC")
                     for ext in extensions:
-                        cur.execute(psycopg2.sql.SQL("CREATE EXTENSION {} SCHEMA public").format(psycopg2.sql.Identifier(ext)))
+                        cur.execute(
+                            psycopg2.sql.SQL("CREATE EXTENSION {} SCHEMA public").format(psycopg2.sql.Identifier(ext))
+                        )
                     cur.execute("COMMIT")
                 except psycopg2.Error as exc:
                     if conn.closed:
                         raise
                     _rollback_quietly(conn)
-                    raise MigrationFailed(f"reset failed: {str(exc).strip().splitlines()[0]}",
-                                          "nothing was dropped; check the database owner's privileges") from None
+                    raise MigrationFailed(
+                        f"reset failed: {str(exc).strip().splitlines()[0]}",
+                        "nothing was dropped; check the database owner's privileges",
+                    ) from None
         return extensions
     except psycopg2.Error as exc:
         raise lost_connection(target, exc) from None
@@ -472,19 +513,35 @@ def _status_report(target: Target, migrations: list[Migration], applied: dict[in
     for m in migrations:
         row = applied.get(m.version)
         state = "pending" if row is None else ("modified" if row.checksum != m.checksum else "applied")
-        states.append(MigrationState(
-            m.version, m.name, state, row is not None,
-            applied_at=row.applied_at.isoformat() if row else None,
-            applied_by=row.applied_by if row else None,
-            execution_ms=row.execution_ms if row else None,
-            file_checksum=m.checksum,
-            applied_checksum=row.checksum if row else None,
-        ))
+        states.append(
+            MigrationState(
+                m.version,
+                m.name,
+                state,
+                row is not None,
+                applied_at=row.applied_at.isoformat() if row else None,
+                applied_by=row.applied_by if row else None,
+                execution_ms=row.execution_ms if row else None,
+                file_checksum=m.checksum,
+                applied_checksum=row.checksum if row else None,
+            )
+        )
     known = {m.version for m in migrations}
     for version, row in sorted(applied.items()):
         if version not in known:
-            states.append(MigrationState(version, row.name, "missing", True, row.applied_at.isoformat(),
-                                         row.applied_by, row.execution_ms, None, row.checksum))
+            states.append(
+                MigrationState(
+                    version,
+                    row.name,
+                    "missing",
+                    True,
+                    row.applied_at.isoformat(),
+                    row.applied_by,
+                    row.execution_ms,
+                    None,
+                    row.checksum,
+                )
+            )
     states.sort(key=lambda s: s.version)
     problems = [str(p) for p in history_problems(migrations, applied)]
     return StatusReport(target.label, max(applied, default=None), states, problems)
@@ -594,6 +651,11 @@ def _check_version_arg(migrations: list[Migration], to_version: int | None) -> N
 
 def _planned(action: str, migration: Migration, sql_file: SqlFile) -> StepResult:
     return StepResult(action, migration.version, migration.name, sql_file.path.name, sql=sql_file.text)
+
+
+def _parse_all(files: Iterable[SqlFile]) -> None:
+    for sql_file in files:
+        _ = sql_file.statements  # parsed once and cached; raises ValidationFailed with file and line
 
 
 def _ms_since(t0: float) -> int:

@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     execution_ms  integer     NOT NULL CHECK (execution_ms >= 0)
 );
 COMMENT ON TABLE schema_migrations IS
-    'Applied OmniNode Bridge migrations, one row per version; written by bridge-db in the same transaction as the migration.';
+    'Applied OmniNode Bridge migrations, one row per version, written in the migration''s own transaction.';
 CREATE TABLE IF NOT EXISTS schema_migrations_log (
     id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     run_id        uuid        NOT NULL,
@@ -80,7 +80,9 @@ def _os_user() -> str:
 
 
 def history_exists(cur) -> bool:
-    cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL AND to_regclass('schema_migrations_log') IS NOT NULL")
+    cur.execute(
+        "SELECT to_regclass('schema_migrations') IS NOT NULL AND to_regclass('schema_migrations_log') IS NOT NULL"
+    )
     return bool(cur.fetchone()[0])
 
 
@@ -130,7 +132,19 @@ def log_step(
         VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         """,
         (
-            run.run_id, action, version, name, checksum, success, error, started_at, execution_ms,
-            run.os_user, run.client_host, run.environment, __version__, json.dumps(run.details),
+            run.run_id,
+            action,
+            version,
+            name,
+            checksum,
+            success,
+            error,
+            started_at,
+            execution_ms,
+            run.os_user,
+            run.client_host,
+            run.environment,
+            __version__,
+            json.dumps(run.details),
         ),
     )

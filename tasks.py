@@ -1,0 +1,145 @@
+"""Invoke tasks: the commands people type (`invoke migrate --env staging`).
+
+Each database task hands its arguments to the `bridge-db` CLI in-process, so a task and its console
+command behave, print and exit alike. `invoke --list` shows them; `invoke --help TASK` shows options.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from invoke import Collection, Exit, task
+
+ROOT = Path(__file__).resolve().parent
+ENV_HELP = "environment from environments.toml: dev (default, the embedded database), staging, production"
+COMMON_HELP = {
+    "env": ENV_HELP,
+    "dsn": "libpq connection string overriding the environment's connection (password via PGPASSWORD/.pgpass)",
+    "json": "print one JSON object instead of text",
+}
+
+
+def _bridge(*argv: object) -> None:
+    from bridge_db.cli import main
+
+    code = main([str(a) for a in argv if a is not None and a is not False])
+    if code:
+        raise Exit(code=code)
+
+
+def _common(env: str, dsn: str | None, json: bool) -> list[object]:
+    return ["--env", env, *(["--dsn", dsn] if dsn is not None else []), *(["--json"] if json else [])]
+
+
+@task(
+    help={
+        **COMMON_HELP,
+        "to": "stop after this migration number (default: the newest)",
+        "dry_run": "print the plan and its SQL, change nothing",
+        "single_transaction": "apply the whole plan in one transaction (all or nothing)",
+        "lock_wait": "seconds to wait for another runner's lock (default: the environment's policy)",
+    }
+)
+def migrate(c, env="dev", to=None, dry_run=False, single_transaction=False, lock_wait=None, dsn=None, json=False):
+    """Apply pending migrations (dev: starts the embedded database if needed)."""
+    _bridge(
+        "migrate",
+        *_common(env, dsn, json),
+        *(["--to", to] if to is not None else []),
+        dry_run and "--dry-run",
+        single_transaction and "--single-transaction",
+        *(["--lock-wait", lock_wait] if lock_wait is not None else []),
+    )
+
+
+@task(
+    help={
+        **COMMON_HELP,
+        "steps": "how many migrations to roll back, newest first (default 1)",
+        "to": "roll back every migration newer than this number (0: all)",
+        "dry_run": "print the plan and its SQL, change nothing",
+        "single_transaction": "roll back the whole plan in one transaction",
+        "lock_wait": "seconds to wait for another runner's lock",
+    }
+)
+def rollback(
+    c, env="dev", steps=None, to=None, dry_run=False, single_transaction=False, lock_wait=None, dsn=None, json=False
+):
+    """Roll back applied migrations, newest first."""
+    _bridge(
+        "rollback",
+        *_common(env, dsn, json),
+        *(["--steps", steps] if steps is not None else []),
+        *(["--to", to] if to is not None else []),
+        dry_run and "--dry-run",
+        single_transaction and "--single-transaction",
+        *(["--lock-wait", lock_wait] if lock_wait is not None else []),
+    )
+
+
+@task(help=COMMON_HELP)
+def status(c, env="dev", dsn=None, json=False):
+    """Show applied and pending migrations; exit 5 if an applied file was edited or removed."""
+    _bridge("status", *_common(env, dsn, json))
+
+
+@task(help=COMMON_HELP)
+def verify(c, env="dev", dsn=None, json=False):
+    """Check history against the files and the live schema against the applied migrations."""
+    _bridge("verify", *_common(env, dsn, json))
+
+
+@task(help={"name": "what the migration does, lower_snake_case (e.g. add_index_workflow_steps_status)"})
+def new(c, name):
+    """Scaffold the next numbered forward/rollback pair from the guideline template."""
+    _bridge("new", name)
+
+
+@task(help={**COMMON_HELP, "lock_wait": "seconds to wait for another runner's lock"})
+def reset(c, env="dev", dsn=None, json=False, lock_wait=None):
+    """Dev only: drop and recreate schema public, then migrate. Refused on other environments."""
+    _bridge("reset", *_common(env, dsn, json), *(["--lock-wait", lock_wait] if lock_wait is not None else []))
+
+
+@task(name="up", help={"env": "an embedded environment (default dev)", "json": COMMON_HELP["json"]})
+def db_up(c, env="dev", json=False):
+    """Start the embedded dev database (initialise it the first time)."""
+    _bridge("db", "up", "--env", env, json and "--json")
+
+
+@task(name="down", help={"env": "an embedded environment (default dev)", "json": COMMON_HELP["json"]})
+def db_down(c, env="dev", json=False):
+    """Stop the embedded dev database (its data stays in .devdb/)."""
+    _bridge("db", "down", "--env", env, json and "--json")
+
+
+@task(name="status", help={"env": "an embedded environment (default dev)", "json": COMMON_HELP["json"]})
+def db_status(c, env="dev", json=False):
+    """Show whether the embedded dev database runs, where, and how to connect with psql."""
+    _bridge("db", "status", "--env", env, json and "--json")
+
+
+@task(help={"args": 'extra pytest arguments, e.g. "-k concurrency -x"'})
+def test(c, args=""):
+    """Run the whole test suite against real PostgreSQL (see README: Tests)."""
+    c.run(f"{sys.executable} -m pytest -n 2 {args}", pty=False)
+
+
+@task
+def lint(c):
+    """ruff on the Python code, and every migration file parsed by PostgreSQL's grammar."""
+    c.run(f"{sys.executable} -m ruff check {ROOT / 'src'} {ROOT / 'tests'} {ROOT / 'benchmarks'} {ROOT / 'tasks.py'}")
+    from bridge_db.discovery import discover_migrations
+    from bridge_db.errors import BridgeDbError
+
+    try:
+        migrations = discover_migrations(ROOT / "migrations")
+        count = sum(len(m.forward.statements) + len(m.rollback.statements) for m in migrations)
+    except BridgeDbError as exc:
+        raise Exit(f"error: {exc.message}\n  next: {exc.next_step}", code=exc.exit_code) from None
+    print(f"migrations: {len(migrations)} pairs, {count} statements parse")
+
+
+db = Collection("db", db_up, db_down, db_status)
+ns = Collection(migrate, rollback, status, verify, new, reset, test, lint, db)
