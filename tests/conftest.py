@@ -1,0 +1,184 @@
+"""Test fixtures: a real PostgreSQL server and a fresh database for every test.
+
+The server is, in order: $BRIDGE_TEST_DSN (an admin connection string that may CREATE DATABASE), the
+local server (libpq defaults, then 127.0.0.1:5432 as postgres), else an embedded cluster started for
+the session under a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+from psycopg2 import sql
+
+from bridge_db.config import parse_config
+from bridge_db.connection import Target, resolve_target
+from bridge_db.discovery import discover_migrations
+
+ROOT = Path(__file__).resolve().parents[1]
+MIGRATIONS = ROOT / "migrations"
+CONFIG = ROOT / "environments.toml"
+
+
+def _try_admin(dsn: str) -> str | None:
+    try:
+        conn = psycopg2.connect(dsn, connect_timeout=3)
+    except psycopg2.OperationalError:
+        return None
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user")
+            ok = cur.fetchone()[0]
+    finally:
+        conn.close()
+    return dsn if ok else None
+
+
+@pytest.fixture(scope="session")
+def admin_dsn(tmp_path_factory) -> str:
+    explicit = os.environ.get("BRIDGE_TEST_DSN")
+    if explicit:
+        if not _try_admin(explicit):
+            pytest.exit("BRIDGE_TEST_DSN is set but cannot connect with CREATEDB rights", returncode=3)
+        yield explicit
+        return
+    for candidate in ("dbname=postgres", "host=127.0.0.1 port=5432 dbname=postgres user=postgres"):
+        found = _try_admin(candidate)
+        if found:
+            yield found
+            return
+    from bridge_db.embedded import EmbeddedCluster
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    base = tmp_path_factory.mktemp("pgserver")
+    os.chmod(base.parent, 0o755)
+    cluster = EmbeddedCluster(base, port=55400 + int(worker.removeprefix("gw") or 0))
+    cluster.up()
+    params = cluster.connection_params()
+    yield f"host={params['host']} port={params['port']} user={params['user']} dbname=postgres"
+    cluster.down()
+
+
+def dsn_for(admin: str, dbname: str) -> str:
+    params = psycopg2.extensions.parse_dsn(admin)
+    params["dbname"] = dbname
+    return psycopg2.extensions.make_dsn(**params)
+
+
+@dataclass
+class Database:
+    """One throw-away database on the test server."""
+
+    name: str
+    dsn: str
+    admin_dsn: str
+
+    def connect(self):
+        conn = psycopg2.connect(self.dsn)
+        conn.autocommit = True
+        return conn
+
+    def query(self, statement: str, params=None) -> list[tuple]:
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement, params)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+
+    def target(self, **policy) -> Target:
+        return make_target(self.dsn, **policy)
+
+    def psql(self, *args: str, stdin: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        """Plain psql, as the seed runs it."""
+        return subprocess.run(
+            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.dsn, *args],
+            input=stdin,
+            capture_output=True,
+            check=check,
+            cwd=ROOT,
+        )
+
+
+def create_database(admin: str, with_extensions: tuple[str, ...] = ("uuid-ossp",)) -> Database:
+    name = f"bridge_test_{uuid.uuid4().hex[:12]}"
+    conn = psycopg2.connect(admin)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+    db = Database(name, dsn_for(admin, name), admin)
+    for ext in with_extensions:
+        db.query(f'CREATE EXTENSION IF NOT EXISTS "{ext}"')
+    return db
+
+
+def drop_database(admin: str, name: str) -> None:
+    conn = psycopg2.connect(admin)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def db(admin_dsn):
+    database = create_database(admin_dsn)
+    yield database
+    drop_database(admin_dsn, database.name)
+
+
+@pytest.fixture
+def bare_db(admin_dsn):
+    """A database without the uuid-ossp extension."""
+    database = create_database(admin_dsn, with_extensions=())
+    yield database
+    drop_database(admin_dsn, database.name)
+
+
+def make_target(dsn: str, env: str = "test", **policy) -> Target:
+    config = parse_config({"environments": {env: {"database": "unused", **policy}}}, CONFIG)
+    return resolve_target(config, env, dsn)
+
+
+@pytest.fixture
+def migrations():
+    return discover_migrations(MIGRATIONS)
+
+
+@pytest.fixture
+def migrations_copy(tmp_path) -> Path:
+    """A private copy of migrations/ that a test may edit, break or extend."""
+    folder = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, folder)
+    return folder
+
+
+def run_cli(
+    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """The bridge-db console script, as cron or Ansible would run it."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_DB_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "bridge_db", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or ROOT,
+        timeout=timeout,
+    )
