@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from .errors import ValidationFailed
+from .errors import UsageError, ValidationFailed
 
 FORWARD_RE = re.compile(r"^(?P<version>\d{3,})_(?P<name>(?!rollback_)[a-z0-9][a-z0-9_]*)\.sql$")
 ROLLBACK_RE = re.compile(r"^(?P<version>\d{3,})_rollback_(?P<name>[a-z0-9][a-z0-9_]*)\.sql$")
@@ -247,7 +247,7 @@ def scaffold_migration(directory: Path, description: str) -> tuple[Path, Path]:
     from string import Template
 
     if not NEW_NAME_RE.match(description) or description.startswith("rollback_"):
-        raise ValidationFailed(
+        raise UsageError(
             f"invalid migration name {description!r}",
             "use lower_snake_case starting with a letter, e.g. add_index_workflow_steps_status",
         )
