@@ -227,3 +227,9 @@ def test_config_file_is_found_from_a_subfolder(db):
     out = run_cli("status", "--dsn", db.dsn, "--json", cwd=ROOT / "migrations")
     assert out.returncode == 0 and json.loads(out.stdout)["pending"] == 6
     assert CONFIG.is_file()
+
+
+def test_readme_exit_code_table_matches_the_code():
+    readme = (ROOT / "README.md").read_text()
+    for code, meaning in EXIT_CODES:
+        assert f"| {code} | {meaning} |" in readme

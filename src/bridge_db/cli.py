@@ -405,6 +405,6 @@ class HumanProgress:
     def step_finished(self, step) -> None:
         note = f", {step.already_existed} object(s) already existed" if step.already_existed else ""
         if self._stop_ticker():
-            print(f"\r{self._label} ok ({step.execution_ms} ms{note})   ", file=self.stream, flush=True)
+            print(f"\r{self._label} ... ok ({step.execution_ms} ms{note})   ", file=self.stream, flush=True)
         else:
             print(f"  ok {step.file} ({step.execution_ms} ms{note})", file=self.stream, flush=True)
