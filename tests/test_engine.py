@@ -9,6 +9,7 @@ from bridge_db.discovery import discover_migrations
 from bridge_db.errors import MigrationFailed, PrerequisiteMissing, UsageError, ValidationFailed
 
 from catalog import bridge_tables, snapshot
+from conftest import make_target
 
 
 def _snap(db, include_engine_tables=False):
@@ -219,3 +220,21 @@ def test_verify_finds_a_dropped_index_and_column(db, migrations):
     assert not report.ok
     assert any("idx_workflow_steps_status" in p for p in report.problems)
     assert any("node_registrations.endpoints" in p for p in report.problems)
+
+
+def test_migration_user_without_create_on_public_gets_a_privilege_hint(db, migrations):
+    role = f"bridge_lowpriv_{db.name[-8:]}"
+    db.query(f"CREATE ROLE {role} NOLOGIN")
+    db.query(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}")
+    try:
+        # a superuser session that becomes the unprivileged role at start-up: no password needed
+        target = make_target(db.dsn + f" options='-c role={role}'")
+        with pytest.raises(PrerequisiteMissing) as failure:
+            engine.migrate(target, migrations)
+        assert "permission denied" in failure.value.message
+        assert "GRANT CREATE ON SCHEMA public" in failure.value.next_step
+        assert bridge_tables(db.connect()) == []
+        assert db.query("SELECT to_regclass('schema_migrations')") == [(None,)]
+    finally:
+        db.query(f"DROP OWNED BY {role}")
+        db.query(f"DROP ROLE {role}")

@@ -91,8 +91,13 @@ def _safe_dsn_params(dsn: str) -> dict[str, str]:
         ) from None
     parsed.pop("password", None)
     # What libpq itself falls back to, so that the label names the real target.
-    for key, var in (("host", "PGHOST"), ("port", "PGPORT"), ("dbname", "PGDATABASE"), ("user", "PGUSER"),
-                     ("service", "PGSERVICE")):
+    for key, var in (
+        ("host", "PGHOST"),
+        ("port", "PGPORT"),
+        ("dbname", "PGDATABASE"),
+        ("user", "PGUSER"),
+        ("service", "PGSERVICE"),
+    ):
         if key not in parsed and os.environ.get(var):
             parsed[key] = os.environ[var]
     return parsed

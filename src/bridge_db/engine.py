@@ -17,7 +17,7 @@ import psycopg2.sql
 
 from .connection import Target, connect, lost_connection, migration_lock
 from .discovery import Migration, SqlFile
-from .errors import MigrationFailed, PrerequisiteMissing, RefusedByPolicy, UsageError, ValidationFailed
+from .errors import BridgeDbError, MigrationFailed, PrerequisiteMissing, RefusedByPolicy, UsageError, ValidationFailed
 from .history import (
     AppliedMigration,
     RunContext,
@@ -170,7 +170,7 @@ def migrate(
             result.total_ms = _ms_since(started)
             return result
     except psycopg2.Error as exc:  # outside a migration step: the connection dropped, or the server stopped
-        raise lost_connection(target, exc) from None
+        raise _database_error(target, conn, exc) from None
     finally:
         conn.close()
 
@@ -312,7 +312,7 @@ def rollback(
             result.total_ms = _ms_since(started)
             return result
     except psycopg2.Error as exc:
-        raise lost_connection(target, exc) from None
+        raise _database_error(target, conn, exc) from None
     finally:
         conn.close()
 
@@ -435,6 +435,24 @@ def _step_failed(conn, target, action, migration, sql_file: SqlFile, statement, 
     )
 
 
+def _database_error(target: Target, conn, exc: psycopg2.Error) -> BridgeDbError:
+    """A database error outside a migration's own statements: a lost connection, missing privileges,
+    or something unexpected; never mislabelled as one of the others."""
+    if conn.closed or isinstance(exc, psycopg2.OperationalError) and exc.pgcode is None:
+        return lost_connection(target, exc)
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if exc.pgcode == "42501":
+        return PrerequisiteMissing(
+            f"{target.label}: {first_line}",
+            "the migration user needs CREATE on schema public (GRANT CREATE ON SCHEMA public TO <user>, "
+            "or make it the database owner); see README: Troubleshooting",
+        )
+    return BridgeDbError(
+        f"{target.label}: unexpected database error: {first_line} (sqlstate {exc.pgcode})",
+        "run again with the same arguments; if it persists, report it with this output",
+    )
+
+
 def _rollback_quietly(conn) -> None:
     if conn.closed:
         return
@@ -488,7 +506,7 @@ def reset_schema(target: Target, lock_wait: float | None = None) -> list[str]:
                     ) from None
         return extensions
     except psycopg2.Error as exc:
-        raise lost_connection(target, exc) from None
+        raise _database_error(target, conn, exc) from None
     finally:
         conn.close()
 
@@ -502,7 +520,7 @@ def status(target: Target, migrations: list[Migration]) -> StatusReport:
         with conn.cursor() as cur:
             applied = read_applied(cur)
     except psycopg2.Error as exc:
-        raise lost_connection(target, exc) from None
+        raise _database_error(target, conn, exc) from None
     finally:
         conn.close()
     return _status_report(target, migrations, applied)
@@ -558,7 +576,7 @@ def verify(target: Target, migrations: list[Migration]) -> VerifyReport:
             expected = declared_objects([m for m in migrations if m.version in applied])
             problems += _missing_objects(cur, expected)
     except psycopg2.Error as exc:
-        raise lost_connection(target, exc) from None
+        raise _database_error(target, conn, exc) from None
     finally:
         conn.close()
     checked = len(expected["tables"]) + len(expected["indexes"]) + sum(len(c) for c in expected["tables"].values())
