@@ -156,37 +156,26 @@ def _context(args):
 
 
 def cmd_migrate(args) -> int:
-    from . import engine
-
-    _, target, migrations = _context(args)
-    with HumanProgress.unless(args.json) as progress:
-        result = engine.migrate(
-            target,
-            migrations,
-            to_version=args.to,
-            dry_run=args.dry_run,
-            single_transaction=args.single_transaction,
-            lock_wait=args.lock_wait,
-            progress=progress,
-        )
-    _render_run(result, args.json)
-    return 0
+    return _run_verb(args, "migrate", to_version=args.to)
 
 
 def cmd_rollback(args) -> int:
+    return _run_verb(args, "rollback", steps=args.steps, to_version=args.to)
+
+
+def _run_verb(args, verb: str, **selection) -> int:
     from . import engine
 
     _, target, migrations = _context(args)
     with HumanProgress.unless(args.json) as progress:
-        result = engine.rollback(
+        result = getattr(engine, verb)(
             target,
             migrations,
-            steps=args.steps,
-            to_version=args.to,
             dry_run=args.dry_run,
             single_transaction=args.single_transaction,
             lock_wait=args.lock_wait,
             progress=progress,
+            **selection,
         )
     _render_run(result, args.json)
     return 0

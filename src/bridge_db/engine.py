@@ -123,7 +123,7 @@ class Progress:
     def step_finished(self, step: StepResult) -> None: ...
 
 
-# --------------------------------------------------------------------------- migrate
+# --------------------------------------------------------------------------- migrate and rollback
 
 
 def migrate(
@@ -138,11 +138,75 @@ def migrate(
     run: RunContext | None = None,
 ) -> RunResult:
     """Bring the target up to `to_version` (default: the newest file)."""
-    progress = progress or Progress()
-    policy = target.environment.policy
-    single = policy.single_transaction if single_transaction is None else single_transaction
-    run = run or RunContext(environment=target.environment.name)
     _check_version_arg(migrations, to_version)
+    return _execute(
+        target,
+        "apply",
+        migrations,
+        lambda applied: plan_pending(migrations, applied, to_version),
+        dry_run=dry_run,
+        single_transaction=single_transaction,
+        lock_wait=lock_wait,
+        progress=progress,
+        run=run,
+    )
+
+
+def rollback(
+    target: Target,
+    migrations: list[Migration],
+    *,
+    steps: int | None = None,
+    to_version: int | None = None,
+    dry_run: bool = False,
+    single_transaction: bool | None = None,
+    lock_wait: float | None = None,
+    progress: Progress | None = None,
+    run: RunContext | None = None,
+) -> RunResult:
+    """Undo the newest `steps` migrations (default 1), or every one newer than `to_version`."""
+    if steps is not None and to_version is not None:
+        raise UsageError("give either --steps or --to, not both", "e.g. rollback --steps 1, or rollback --to 3")
+    if steps is not None and steps < 1:
+        raise UsageError(f"--steps must be 1 or more (got {steps})", "e.g. rollback --steps 1")
+    if to_version is not None and to_version < 0:
+        raise UsageError(f"--to must be 0 or a migration number (got {to_version})", "--to 0 undoes everything")
+
+    def choose(applied: dict[int, AppliedMigration]) -> list[Migration]:
+        newest_first = [m for m in reversed(migrations) if m.version in applied]
+        if to_version is not None:
+            return [m for m in newest_first if m.version > to_version]
+        return newest_first[: steps or 1]
+
+    return _execute(
+        target,
+        "rollback",
+        migrations,
+        choose,
+        dry_run=dry_run,
+        single_transaction=single_transaction,
+        lock_wait=lock_wait,
+        progress=progress,
+        run=run,
+    )
+
+
+def _execute(
+    target: Target,
+    action: str,
+    migrations: list[Migration],
+    choose_plan,
+    *,
+    dry_run: bool,
+    single_transaction: bool | None,
+    lock_wait: float | None,
+    progress: Progress | None,
+    run: RunContext | None,
+) -> RunResult:
+    """Connect, lock, validate history, plan, check, run: the one path both directions take."""
+    progress = progress or Progress()
+    single = target.environment.policy.single_transaction if single_transaction is None else single_transaction
+    run = run or RunContext(environment=target.environment.name)
     started = time.perf_counter()
 
     conn = connect(target)
@@ -151,25 +215,32 @@ def migrate(
             cur = conn.cursor()
             applied = read_applied(cur)
             _raise_on_problems(history_problems(migrations, applied))
-            plan = plan_pending(migrations, applied, to_version)
-            head = max(applied, default=None)
+            plan = choose_plan(applied)
+            versions = {m.version for m in plan}
+            after = set(applied) | versions if action == "apply" else set(applied) - versions
             result = RunResult(
-                "migrate", target.label, dry_run, head, head, single_transaction=single, run_id=run.run_id
+                "migrate" if action == "apply" else "rollback",
+                target.label,
+                dry_run,
+                head_before=max(applied, default=None),
+                head_after=max(after, default=None),
+                single_transaction=single,
+                run_id=run.run_id,
             )
+            files = [m.forward if action == "apply" else m.rollback for m in plan]
             if dry_run:
-                result.steps = [_planned("apply", m, m.forward) for m in plan]
-                result.head_after = plan[-1].version if plan else head
+                result.steps = [_planned(action, m, f) for m, f in zip(plan, files)]
                 return result
             if not plan:
                 return result
-            _parse_all(m.forward for m in plan)  # a syntax error in any file stops before any DDL
-            check_required_extensions(cur, plan)
-            ensure_history_tables(cur)
-            result.steps = _run_plan(conn, target, "apply", plan, single, progress, run)
-            result.head_after = plan[-1].version
+            _parse_all(files)  # a syntax error in any file stops the run before any DDL
+            if action == "apply":
+                check_required_extensions(cur, plan)
+                ensure_history_tables(cur)
+            result.steps = _run_plan(conn, target, action, plan, single, progress, run)
             result.total_ms = _ms_since(started)
             return result
-    except psycopg2.Error as exc:  # outside a migration step: the connection dropped, or the server stopped
+    except psycopg2.Error as exc:  # outside a migration step: connection lost, privileges, ...
         raise _database_error(target, conn, exc) from None
     finally:
         conn.close()
@@ -253,68 +324,6 @@ def check_required_extensions(cur, plan: Iterable[Migration]) -> None:
         hint,
         missing=missing,
     )
-
-
-# --------------------------------------------------------------------------- rollback
-
-
-def rollback(
-    target: Target,
-    migrations: list[Migration],
-    *,
-    steps: int | None = None,
-    to_version: int | None = None,
-    dry_run: bool = False,
-    single_transaction: bool | None = None,
-    lock_wait: float | None = None,
-    progress: Progress | None = None,
-    run: RunContext | None = None,
-) -> RunResult:
-    """Undo the newest `steps` migrations (default 1), or every one newer than `to_version`."""
-    if steps is not None and to_version is not None:
-        raise UsageError("give either --steps or --to, not both", "e.g. rollback --steps 1, or rollback --to 3")
-    if steps is not None and steps < 1:
-        raise UsageError(f"--steps must be 1 or more (got {steps})", "e.g. rollback --steps 1")
-    if to_version is not None and to_version < 0:
-        raise UsageError(
-            f"--to must be 0 or a migration number (got {to_version})", "rollback --to 0 undoes everything"
-        )
-    progress = progress or Progress()
-    single = target.environment.policy.single_transaction if single_transaction is None else single_transaction
-    run = run or RunContext(environment=target.environment.name)
-    started = time.perf_counter()
-
-    conn = connect(target)
-    try:
-        with _locked(conn, target, lock_wait, progress, dry_run):
-            cur = conn.cursor()
-            applied = read_applied(cur)
-            _raise_on_problems(history_problems(migrations, applied))
-            newest_first = [m for m in reversed(migrations) if m.version in applied]
-            if to_version is not None:
-                plan = [m for m in newest_first if m.version > to_version]
-            else:
-                plan = newest_first[: steps or 1]
-            head = max(applied, default=None)
-            result = RunResult(
-                "rollback", target.label, dry_run, head, head, single_transaction=single, run_id=run.run_id
-            )
-            remaining = sorted(set(applied) - {m.version for m in plan})
-            if dry_run:
-                result.steps = [_planned("rollback", m, m.rollback) for m in plan]
-                result.head_after = remaining[-1] if remaining else None
-                return result
-            if not plan:
-                return result
-            _parse_all(m.rollback for m in plan)
-            result.steps = _run_plan(conn, target, "rollback", plan, single, progress, run)
-            result.head_after = remaining[-1] if remaining else None
-            result.total_ms = _ms_since(started)
-            return result
-    except psycopg2.Error as exc:
-        raise _database_error(target, conn, exc) from None
-    finally:
-        conn.close()
 
 
 # --------------------------------------------------------------------------- running steps
