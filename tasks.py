@@ -102,6 +102,41 @@ def reset(c, env="dev", dsn=None, json=False, lock_wait=None):
     _bridge("reset", *_common(env, dsn, json), *(["--lock-wait", lock_wait] if lock_wait is not None else []))
 
 
+ADMIN_HELP = {
+    **COMMON_HELP,
+    "check": "report what would change; change nothing",
+    "admin_dsn": "superuser connection for this step (default: the environment's admin_user)",
+}
+
+
+@task(help=ADMIN_HELP)
+def setup_extensions(c, env="dev", check=False, admin_dsn=None, dsn=None, json=False):
+    """Create the environment's extensions (uuid-ossp, pg_stat_statements) as admin; idempotent."""
+    _bridge(
+        "setup-extensions",
+        *_common(env, dsn, json),
+        check and "--check",
+        *(["--admin-dsn", admin_dsn] if admin_dsn is not None else []),
+    )
+
+
+@task(help=ADMIN_HELP)
+def grant(c, env="dev", check=False, admin_dsn=None, dsn=None, json=False):
+    """Reconcile the owner, read-write and read-only roles and their privileges; idempotent."""
+    _bridge(
+        "grant",
+        *_common(env, dsn, json),
+        check and "--check",
+        *(["--admin-dsn", admin_dsn] if admin_dsn is not None else []),
+    )
+
+
+@task(help={**COMMON_HELP, "top": "how many statements from pg_stat_statements (default 20)"})
+def stats(c, env="dev", top=20, dsn=None, json=False):
+    """Row counts, index usage and the slowest statements (the seed's monitoring queries)."""
+    _bridge("stats", *_common(env, dsn, json), "--top", top)
+
+
 @task(name="up", help={"env": "an embedded environment (default dev)", "json": COMMON_HELP["json"]})
 def db_up(c, env="dev", json=False):
     """Start the embedded dev database (initialise it the first time)."""
@@ -142,4 +177,4 @@ def lint(c):
 
 
 db = Collection("db", db_up, db_down, db_status)
-ns = Collection(migrate, rollback, status, verify, new, reset, test, lint, db)
+ns = Collection(migrate, rollback, status, verify, new, reset, setup_extensions, grant, stats, test, lint, db)

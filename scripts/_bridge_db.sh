@@ -5,7 +5,7 @@
 # variables decide, as they did for the seed's psql loops (PGDATABASE defaults to omninode_bridge;
 # the password comes from PGPASSWORD or ~/.pgpass). Otherwise the environment $BRIDGE_DB_ENV from
 # environments.toml is used (default: dev, the embedded database).
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"  # this file lives in scripts/
 if [[ -x "$root/.venv/bin/bridge-db" ]]; then
     bridge_db=("$root/.venv/bin/bridge-db")
 elif command -v bridge-db >/dev/null 2>&1; then

@@ -86,3 +86,14 @@ def test_long_checkout_paths_get_a_short_socket_folder(tmp_path):
     deep = tmp_path / ("x" * 90)
     cluster = embedded.EmbeddedCluster(deep / ".devdb", port=54329)
     assert len(str(cluster.socket_dir / ".s.PGSQL.54329")) <= embedded.MAX_SOCKET_PATH
+
+
+def test_stats_on_the_embedded_cluster_show_top_queries(project):
+    assert run_cli("migrate", cwd=project).returncode == 0
+    out = run_cli("stats", "--json", "--top", "3", cwd=project)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["notes"] == []
+    assert 0 < len(report["queries"]) <= 3
+    assert report["queries"][0]["mean_ms"] >= report["queries"][-1]["mean_ms"]
+    assert {t["table"] for t in report["tables"]} >= {"workflow_executions", "metadata_stamps"}

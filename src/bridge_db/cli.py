@@ -98,6 +98,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("reset", parents=[common], help="dev only: drop and recreate schema public, then migrate")
     p.add_argument("--lock-wait", type=float, default=None, metavar="SECONDS")
 
+    admin = argparse.ArgumentParser(add_help=False)
+    admin.add_argument(
+        "--admin-dsn",
+        default=None,
+        help="superuser connection for this step (or $BRIDGE_DB_ADMIN_DSN; default: admin_user)",
+    )
+    admin.add_argument("--check", action="store_true", help="report what would change; change nothing")
+
+    verbs.add_parser(
+        "setup-extensions",
+        parents=[common, admin],
+        help="create the environment's extensions (uuid-ossp, pg_stat_statements) as admin",
+    )
+    verbs.add_parser(
+        "grant",
+        parents=[common, admin],
+        help="reconcile the owner, read-write and read-only roles and their privileges",
+    )
+    p = verbs.add_parser("stats", parents=[common], help="row counts, index usage and the slowest queries")
+    p.add_argument("--top", type=int, default=20, help="how many statements from pg_stat_statements")
+
     p = verbs.add_parser("db", parents=[common], help="the embedded dev database: up, down, status")
     p.add_argument("action", choices=["up", "down", "status"])
     return parser
@@ -124,11 +145,38 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the running transaction was rolled back by the server", file=sys.stderr)
         return 130
+    except Exception as exc:  # a database error no verb anticipated: still one line and an exit code
+        if not type(exc).__module__.startswith("psycopg2"):
+            raise
+        error = _unexpected_database_error(exc)
+        _print_error(error, as_json=bool(args and getattr(args, "json", False)))
+        return error.exit_code
 
 
 def run() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `bridge-db stats | head`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)
+
+
+def _unexpected_database_error(exc: Exception) -> BridgeDbError:
+    from .errors import ConnectionFailed
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    code = getattr(exc, "pgcode", None)
+    if code is None and type(exc).__name__ in ("OperationalError", "InterfaceError"):
+        return ConnectionFailed(
+            f"database connection failed: {first}", "check the server, then run the same command again"
+        )
+    return BridgeDbError(
+        f"unexpected database error: {first} (sqlstate {code})",
+        "nothing was committed; run again, and report it with this output if it persists",
+    )
 
 
 def _print_error(exc: BridgeDbError, as_json: bool) -> None:
@@ -140,7 +188,7 @@ def _print_error(exc: BridgeDbError, as_json: bool) -> None:
         print(f"  next: {exc.next_step}", file=sys.stderr)
 
 
-def _context(args):
+def _context(args, discover: bool = True):
     """Config, the target to connect to, and the discovered migrations (validated before connecting)."""
     from .config import load_config
     from .connection import resolve_target
@@ -148,6 +196,8 @@ def _context(args):
 
     config = load_config(args.config)
     target = resolve_target(config, args.env, args.dsn)
+    if not discover:
+        return config, target, []
     folder = Path(args.migrations_dir) if args.migrations_dir else config.migrations_dir
     return config, target, discover_migrations(folder)
 
@@ -290,6 +340,102 @@ def cmd_db(args) -> int:
     return 0
 
 
+def cmd_setup_extensions(args) -> int:
+    from .connection import admin_target
+    from .extensions import setup_extensions
+
+    _, target, _ = _context(args, discover=False)
+    report = setup_extensions(
+        admin_target(target, args.admin_dsn), target.environment.policy.extensions, check=args.check
+    )
+    if args.json:
+        print(json.dumps(report.as_dict()))
+        return 0
+    verb = "would create" if args.check else "created"
+    todo = report.missing if args.check else report.created
+    print(f"{report.target}: {verb} {', '.join(todo) or 'nothing'}; present: {', '.join(report.present) or 'none'}")
+    for hint in report.hints:
+        print(f"warning: {hint}", file=sys.stderr)
+    return 0
+
+
+def cmd_grant(args) -> int:
+    from .connection import admin_target
+    from .privileges import declared_roles, reconcile_privileges
+
+    _, target, _ = _context(args, discover=False)
+    report = reconcile_privileges(admin_target(target, args.admin_dsn), declared_roles(target), check=args.check)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+        return 0
+    roles = ", ".join(f"{k}={v}" for k, v in report.roles.items())
+    if not report.changes:
+        print(f"{report.target}: privileges already match ({roles})")
+        return 0
+    print(f"{report.target}: {'would run' if args.check else 'ran'} {len(report.changes)} statement(s) ({roles})")
+    for change in report.changes:
+        print(f"  {change.statement};  -- {change.reason}")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from .monitoring import collect_stats
+
+    _, target, _ = _context(args, discover=False)
+    report = collect_stats(target, top=args.top)
+    if args.json:
+        print(json.dumps(report.as_dict(), default=str))
+        return 0
+    print(report.target)
+    print("\nTables")
+    _print_table(
+        [("SCHEMA", "TABLE", "ROWS", "DEAD", "SEQ SCANS", "IDX SCANS", "SIZE")]
+        + [
+            (
+                t["schema"],
+                t["table"],
+                str(t["row_count"]),
+                str(t["dead_rows"]),
+                str(t["seq_scans"]),
+                str(t["index_scans"]),
+                _size(t["total_bytes"]),
+            )
+            for t in report.tables
+        ]
+    )
+    print("\nIndexes (most used first)")
+    _print_table(
+        [("TABLE", "INDEX", "SCANS", "SIZE")]
+        + [(i["table"], i["index"], str(i["index_scans"]), _size(i["bytes"])) for i in report.indexes]
+    )
+    if report.queries is not None:
+        print(f"\nSlowest statements by mean time (top {args.top})")
+        _print_table(
+            [("MEAN MS", "MAX MS", "CALLS", "TOTAL MS", "QUERY")]
+            + [
+                (
+                    f"{q['mean_ms']:.3f}",
+                    f"{q['max_ms']:.3f}",
+                    str(q["calls"]),
+                    f"{q['total_ms']:.1f}",
+                    " ".join(q["query"].split()),
+                )
+                for q in report.queries
+            ]
+        )
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
 COMMANDS = {
     "migrate": cmd_migrate,
     "rollback": cmd_rollback,
@@ -297,6 +443,9 @@ COMMANDS = {
     "verify": cmd_verify,
     "new": cmd_new,
     "reset": cmd_reset,
+    "setup-extensions": cmd_setup_extensions,
+    "grant": cmd_grant,
+    "stats": cmd_stats,
     "db": cmd_db,
 }
 

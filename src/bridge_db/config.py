@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import UsageError
@@ -14,21 +14,38 @@ CONFIG_FILE_NAME = "environments.toml"
 ENV_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 CONNECTION_KEYS = {"host", "port", "database", "user", "sslmode", "connect_timeout", "service"}
-POLICY_DEFAULTS: dict[str, object] = {
-    "lock_wait_seconds": 60,
-    "single_transaction": False,
-    "allow_reset": False,
-}
 OTHER_KEYS = {"embedded", "migrations_dir"}
 # Keys that would put a secret in a versioned file.
 FORBIDDEN_KEYS = {"password", "passwd", "pass", "dsn", "url"}
+CHOICES = {"backup_format": ("custom", "directory")}
+ROLE_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 @dataclass(frozen=True)
 class Policy:
-    lock_wait_seconds: float = 60
-    single_transaction: bool = False
-    allow_reset: bool = False
+    """Everything an environment decides besides where to connect. Each key may be set under
+    [defaults] and overridden per environment; the type of each default is the type the file must use."""
+
+    lock_wait_seconds: float = 60.0  # wait for another runner's lock, then exit 4
+    single_transaction: bool = False  # the whole plan in one transaction
+    allow_reset: bool = False  # `reset` may drop schema public (dev)
+    require_confirmation: bool = False  # migrate/restore ask first; without a terminal, --yes is required
+    backup_before_migrate: bool = False  # production: verified backup, then one transaction
+    log_dir: str = ""  # write a timestamped log of every run here ("" = none)
+    admin_user: str = ""  # superuser for extensions and grants ("" = the migration user)
+    extensions: tuple[str, ...] = ("uuid-ossp", "pg_stat_statements")
+    owner_role: str = ""  # role that owns the schema's tables ("" = the migration user)
+    app_role: str = "bridge_app"  # read-write application role
+    readonly_role: str = "bridge_readonly"  # read-only role
+    backup_dir: str = "backups/{env}"  # relative to the project root
+    backup_format: str = "custom"  # custom (pg_dump -Fc) or directory (-Fd, with backup_jobs)
+    backup_jobs: int = 2
+    keep_last: int = 7  # retention: the newest N backups ...
+    keep_daily: int = 7  # ... plus the newest of each of the last D days ...
+    keep_weekly: int = 4  # ... plus the newest of each of the last W weeks
+
+
+POLICY_DEFAULTS: dict[str, object] = {f.name: f.default for f in fields(Policy)}
 
 
 @dataclass(frozen=True)
@@ -117,16 +134,12 @@ def parse_config(data: dict, path: Path) -> Config:
         connection = {k: merged[k] for k in CONNECTION_KEYS if k in merged}
         if "database" not in connection and "service" not in connection:
             raise UsageError(f"{path}: [environments.{name}] has no database", 'add database = "omninode_bridge"')
-        policy = Policy(
-            lock_wait_seconds=_number(path, name, "lock_wait_seconds", merged["lock_wait_seconds"]),
-            single_transaction=_bool(path, name, "single_transaction", merged["single_transaction"]),
-            allow_reset=_bool(path, name, "allow_reset", merged["allow_reset"]),
-        )
+        policy = Policy(**{key: _typed(path, name, key, merged[key]) for key in POLICY_DEFAULTS})
         environments[name] = Environment(
             name=name,
             connection=connection,
             policy=policy,
-            embedded=_bool(path, name, "embedded", merged.get("embedded", False)),
+            embedded=_typed(path, name, "embedded", merged.get("embedded", False), False),
         )
     return Config(path=path, project_root=root, migrations_dir=migrations_dir, environments=environments)
 
@@ -146,13 +159,28 @@ def _check_keys(path: Path, section: str, table: dict) -> None:
         )
 
 
-def _number(path: Path, env: str, key: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise UsageError(f"{path}: [environments.{env}] {key} must be a non-negative number", f"e.g. {key} = 60")
-    return float(value)
-
-
-def _bool(path: Path, env: str, key: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise UsageError(f"{path}: [environments.{env}] {key} must be true or false", f"e.g. {key} = false")
+def _typed(path: Path, env: str, key: str, value: object, default: object = None) -> object:
+    """Check `value` against the type of the key's default; role names and choices too."""
+    default = POLICY_DEFAULTS.get(key, default)
+    where = f"{path}: [environments.{env}] {key}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise UsageError(f"{where} must be true or false", f"e.g. {key} = {str(default).lower()}")
+    elif isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise UsageError(f"{where} must be a non-negative number", f"e.g. {key} = {default}")
+        value = type(default)(value)
+    elif isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise UsageError(f"{where} must be a list of names", f"e.g. {key} = {list(default)}")
+        value = tuple(value)
+    elif not isinstance(value, str):
+        raise UsageError(f"{where} must be a string", f'e.g. {key} = "{default}"')
+    if key in CHOICES and value not in CHOICES[key]:
+        raise UsageError(f"{where} must be one of {', '.join(CHOICES[key])}", f'e.g. {key} = "{CHOICES[key][0]}"')
+    if key.endswith("_role") and value and not ROLE_NAME_RE.match(value):
+        raise UsageError(
+            f"{where}: {value!r} is not a valid role name",
+            "use lower case letters, digits and _ (at most 63), starting with a letter or _",
+        )
     return value

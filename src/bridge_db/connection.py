@@ -7,7 +7,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import psycopg2
 import psycopg2.errors
@@ -17,6 +17,7 @@ from .config import Config, Environment
 from .errors import ConnectionFailed, LockTimeout, UsageError
 
 DSN_ENV_VAR = "BRIDGE_DB_DSN"
+ADMIN_DSN_ENV_VAR = "BRIDGE_DB_ADMIN_DSN"
 APPLICATION_NAME = "bridge-db"
 
 # One lock per database (advisory locks are scoped to the current database).
@@ -45,6 +46,13 @@ class Target:
         user = f" as {p['user']}" if p.get("user") else ""
         kind = " (embedded)" if self.embedded is not None else ""
         return f"{self.environment.name}{kind}: {where}{user}"
+
+    @property
+    def user(self) -> str | None:
+        """The login role, as far as it can be known before connecting."""
+        if self.dsn is not None:
+            return _safe_dsn_params(self.dsn).get("user") or os.environ.get("PGUSER") or _os_login()
+        return self.params.get("user") or os.environ.get("PGUSER") or _os_login()  # type: ignore[return-value]
 
     @property
     def database(self) -> str | None:
@@ -78,6 +86,29 @@ def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Tar
         params.update(cluster.connection_params())
         return Target(environment, params, embedded=cluster)
     return Target(environment, params)
+
+
+def admin_target(target: Target, admin_dsn: str | None = None) -> Target:
+    """The same database through the admin connection used for extensions and grants:
+    --admin-dsn (or $BRIDGE_DB_ADMIN_DSN), else the environment's admin_user, else the target itself."""
+    if admin_dsn is None:
+        admin_dsn = os.environ.get(ADMIN_DSN_ENV_VAR)
+    if admin_dsn is not None:
+        _safe_dsn_params(admin_dsn)
+        return replace(target, params={"application_name": APPLICATION_NAME}, dsn=admin_dsn)
+    admin_user = target.environment.policy.admin_user
+    if not admin_user or target.dsn is not None:
+        return target
+    return replace(target, params={**target.params, "user": admin_user})
+
+
+def _os_login() -> str | None:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:
+        return None
 
 
 def _safe_dsn_params(dsn: str) -> dict[str, str]:

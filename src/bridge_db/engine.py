@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.sql
 
 from .connection import Target, connect, lost_connection, migration_lock
@@ -213,6 +214,7 @@ def _execute(
     try:
         with _locked(conn, target, lock_wait, progress, dry_run):
             cur = conn.cursor()
+            _become_owner(cur, target)
             applied = read_applied(cur)
             _raise_on_problems(history_problems(migrations, applied))
             plan = choose_plan(applied)
@@ -661,6 +663,24 @@ def _locked(conn, target: Target, lock_wait: float | None, progress: Progress, d
         return nullcontext()
     wait = target.environment.policy.lock_wait_seconds if lock_wait is None else lock_wait
     return migration_lock(conn, wait, progress.waiting_for_lock)
+
+
+def _become_owner(cur, target: Target) -> None:
+    """Run DDL as the declared owner role, so that what migrations create is owned by it and covered
+    by its default privileges (see privileges.py)."""
+    owner = target.environment.policy.owner_role
+    if not owner:
+        return
+    cur.execute("SELECT current_user")
+    if cur.fetchone()[0] == owner:
+        return
+    try:
+        cur.execute(psycopg2.sql.SQL("SET ROLE {}").format(psycopg2.sql.Identifier(owner)))
+    except psycopg2.errors.InsufficientPrivilege:
+        raise PrerequisiteMissing(
+            f"{target.label}: the migration user may not act as owner role {owner}",
+            f"GRANT {owner} TO <migration user> (the grant command creates the role), or clear owner_role",
+        ) from None
 
 
 def _raise_on_problems(problems: list[str]) -> None:
