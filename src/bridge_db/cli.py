@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
-from .errors import EXIT_CODES, BridgeDbError, UsageError
+from .errors import EXIT_CODES, BridgeDbError, RefusedByPolicy, UsageError
 
 DEFAULT_ENV_VAR = "BRIDGE_DB_ENV"
 
@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="run the whole plan in one transaction: all or nothing",
+    )
+    runner.add_argument(
+        "--yes", "-y", action="store_true", help="confirm non-interactively where the environment asks (production)"
     )
 
     parser = _Parser(
@@ -119,6 +122,45 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("stats", parents=[common], help="row counts, index usage and the slowest queries")
     p.add_argument("--top", type=int, default=20, help="how many statements from pg_stat_statements")
 
+    confirm = argparse.ArgumentParser(add_help=False)
+    confirm.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="confirm non-interactively (without a terminal, commands that ask refuse otherwise)",
+    )
+
+    p = verbs.add_parser("backup", parents=[common], help="pg_dump into the environment's backup folder, verified")
+    p.add_argument("--format", choices=["custom", "directory"], default=None, help="default: backup_format")
+    p.add_argument("--jobs", type=int, default=None, help="parallel jobs for the directory format")
+    p.add_argument(
+        "--verify-restore",
+        action="store_true",
+        help="also restore into a scratch database and compare per-table row counts",
+    )
+    p.add_argument("--globals", action="store_true", help="also dump roles (pg_dumpall --globals-only, no passwords)")
+    p.add_argument("--admin-dsn", default=None, help="connection for scratch databases and globals")
+    p.add_argument("--backup-dir", default=None, help="default: backup_dir from environments.toml")
+    p = verbs.add_parser("backups", parents=[common], help="list backups with age, size and verification state")
+    p.add_argument("--backup-dir", default=None)
+    p = verbs.add_parser("prune", parents=[common], help="apply retention; never deletes the newest verified backup")
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    p.add_argument("--backup-dir", default=None)
+    p = verbs.add_parser(
+        "restore",
+        parents=[common, confirm],
+        help="restore a backup into a new database (default) or, with --overwrite, over the environment's",
+    )
+    p.add_argument("--file", required=True, help="the dump to restore (its manifest must be beside it)")
+    p.add_argument("--target-db", default=None, help="database to create (default: <db>_restore_<time>)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the environment's database (asks; the old one is kept, renamed)",
+    )
+    p.add_argument("--jobs", type=int, default=None)
+    p.add_argument("--admin-dsn", default=None, help="connection with CREATEDB (default: admin_user)")
+
     p = verbs.add_parser("db", parents=[common], help="the embedded dev database: up, down, status")
     p.add_argument("action", choices=["up", "down", "status"])
     return parser
@@ -132,15 +174,24 @@ def _exit_code_epilog() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = None
     try:
         args = build_parser().parse_args(argv)
-        if not args.verb:
-            build_parser().print_help()
-            return 2
+    except BridgeDbError as exc:
+        _print_error(exc, as_json=False)
+        return exc.exit_code
+    if not args.verb:
+        build_parser().print_help()
+        return 2
+    with _run_log(args):
+        return _dispatch(args)
+
+
+def _dispatch(args) -> int:
+    as_json = bool(getattr(args, "json", False))
+    try:
         return COMMANDS[args.verb](args)
     except BridgeDbError as exc:
-        _print_error(exc, as_json=bool(args and getattr(args, "json", False)))
+        _print_error(exc, as_json)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: the running transaction was rolled back by the server", file=sys.stderr)
@@ -149,8 +200,63 @@ def main(argv: list[str] | None = None) -> int:
         if not type(exc).__module__.startswith("psycopg2"):
             raise
         error = _unexpected_database_error(exc)
-        _print_error(error, as_json=bool(args and getattr(args, "json", False)))
+        _print_error(error, as_json)
         return error.exit_code
+
+
+# Verbs that change something: where the environment says so (staging), each run leaves a log file.
+LOGGED_VERBS = {"migrate", "rollback", "reset", "backup", "restore", "prune", "grant", "setup-extensions"}
+
+
+@contextmanager
+def _run_log(args):
+    """Copy everything the command prints into log_dir/<env>-<verb>-<UTC time>.log when the
+    environment's policy names a log_dir. The log never gets the command line (it may hold a DSN)."""
+    log_dir = None
+    if args.verb in LOGGED_VERBS and not getattr(args, "dry_run", False):
+        try:
+            from .config import load_config
+
+            config = load_config(args.config)
+            policy = config.environments[args.env].policy
+            if policy.log_dir:
+                log_dir = Path(policy.log_dir)
+                log_dir = log_dir if log_dir.is_absolute() else config.project_root / log_dir
+        except (BridgeDbError, KeyError):
+            log_dir = None  # the command itself reports a bad config or environment
+    if log_dir is None:
+        yield
+        return
+    from datetime import UTC, datetime
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    path = log_dir / f"{args.env}-{args.verb}-{now.strftime('%Y%m%dT%H%M%S%fZ')}.log"
+    with open(path, "x", encoding="utf-8") as log:
+        log.write(f"# bridge-db {__version__} {args.verb} --env {args.env} at {now.isoformat()}\n")
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = out, err
+    print(f"log: {path}", file=sys.stderr)
+
+
+class _Tee:
+    def __init__(self, stream, log) -> None:
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.log.write(text.replace("\r", "\n"))
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.log.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
 
 
 def run() -> None:
@@ -216,7 +322,9 @@ def cmd_rollback(args) -> int:
 def _run_verb(args, verb: str, **selection) -> int:
     from . import engine
 
-    _, target, migrations = _context(args)
+    config, target, migrations = _context(args)
+    selection["confirm"] = confirmer(args.yes)
+    selection["backup_dir"] = _backup_dir(config, target, args)
     with HumanProgress.unless(args.json) as progress:
         result = getattr(engine, verb)(
             target,
@@ -428,6 +536,132 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def _backup_dir(config, target, args) -> Path:
+    from .backup import backup_folder
+
+    return Path(args.backup_dir) if getattr(args, "backup_dir", None) else backup_folder(config.project_root, target)
+
+
+def cmd_backup(args) -> int:
+    from .backup import take_backup
+    from .connection import admin_target
+
+    config, target, _ = _context(args, discover=False)
+    result = take_backup(
+        target,
+        _backup_dir(config, target, args),
+        fmt=args.format,
+        jobs=args.jobs,
+        verify_restore=args.verify_restore,
+        with_globals=args.globals,
+        admin=admin_target(target, args.admin_dsn),
+    )
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        m = result.manifest
+        print(
+            f"backup {result.path}: {_size(m.size_bytes)} in {m.duration_s:.1f}s ({result.throughput_mb_s} MB/s), "
+            f"head {m.migration_head or 'none'}, {m.verified}"
+        )
+    return 0
+
+
+def cmd_backups(args) -> int:
+    from .backup import list_backups
+
+    config, target, _ = _context(args, discover=False)
+    folder = _backup_dir(config, target, args)
+    entries = list_backups(folder)
+    if args.json:
+        print(json.dumps({"folder": str(folder), "backups": [e.as_dict() for e in entries]}))
+        return 0
+    print(f"{folder}: {len(entries)} backup(s)")
+    if entries:
+        _print_table(
+            [("FILE", "AGE", "SIZE", "HEAD", "STATE")]
+            + [
+                (
+                    Path(e.path).name,
+                    _age(e.age_s),
+                    _size(e.size_bytes),
+                    str(e.manifest.migration_head) if e.manifest else "?",
+                    e.state,
+                )
+                for e in entries
+            ]
+        )
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from .backup import prune
+
+    config, target, _ = _context(args, discover=False)
+    policy = target.environment.policy
+    deleted = prune(
+        _backup_dir(config, target, args), policy.keep_last, policy.keep_daily, policy.keep_weekly, dry_run=args.dry_run
+    )
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "deleted": deleted}))
+    else:
+        verb = "would delete" if args.dry_run else "deleted"
+        print(
+            f"{verb} {len(deleted)} backup(s) (keep last {policy.keep_last}, daily {policy.keep_daily}, "
+            f"weekly {policy.keep_weekly})"
+        )
+        for path in deleted:
+            print(f"  {path}")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from .backup import restore_backup
+    from .connection import admin_target
+
+    _, target, _ = _context(args, discover=False)
+    result = restore_backup(
+        target,
+        admin_target(target, args.admin_dsn),
+        Path(args.file),
+        target_db=args.target_db,
+        overwrite=args.overwrite,
+        confirm=confirmer(args.yes),
+        jobs=args.jobs,
+    )
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        print(
+            f"restored {Path(result.file).name} into {result.database} in {result.duration_s:.1f}s "
+            f"({result.throughput_mb_s} MB/s); row counts {'match' if result.row_counts_checked else 'not recorded'}"
+            + (f"; previous database kept as {result.replaced}" if result.replaced else "")
+        )
+    return 0
+
+
+def confirmer(yes: bool):
+    """Ask on a terminal; `--yes` answers for a machine; with neither, refuse and change nothing."""
+
+    def confirm(question: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise RefusedByPolicy(
+                "this needs confirmation and there is no terminal to ask", "pass --yes to confirm non-interactively"
+            )
+        return input(f"{question} Type yes to continue: ").strip().lower() == "yes"
+
+    return confirm
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
 def _size(n: int) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -446,6 +680,10 @@ COMMANDS = {
     "setup-extensions": cmd_setup_extensions,
     "grant": cmd_grant,
     "stats": cmd_stats,
+    "backup": cmd_backup,
+    "backups": cmd_backups,
+    "prune": cmd_prune,
+    "restore": cmd_restore,
     "db": cmd_db,
 }
 
@@ -476,6 +714,8 @@ def _render_run(result, as_json: bool) -> None:
         return
     adopted = sum(1 for s in result.steps if s.already_existed)
     done = "applied" if result.action == "migrate" else "rolled back"
+    if result.backup:
+        print(f"backup taken first: {result.backup}")
     print(
         f"{done} {len(result.steps)} migration(s) in {result.total_ms} ms; {result.target} is now at {head}"
         + (f" ({adopted} adopted existing objects)" if adopted else "")
@@ -522,6 +762,9 @@ class HumanProgress:
     def waiting_for_lock(self, holders: list[dict]) -> None:
         who = ", ".join(f"pid {h['pid']} ({h['application'] or h['user']})" for h in holders) or "another session"
         print(f"waiting for the migration lock held by {who} ...", file=self.stream, flush=True)
+
+    def backing_up(self, folder) -> None:
+        print(f"  backing up into {folder} before migrating ...", file=self.stream, flush=True)
 
     def step_started(self, action, migration, index, total) -> None:
         label = f"  [{index}/{total}] {'apply' if action == 'apply' else 'rollback'} {migration.label}"

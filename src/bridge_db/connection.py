@@ -88,6 +88,48 @@ def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Tar
     return Target(environment, params)
 
 
+def with_database(target: Target, dbname: str) -> Target:
+    """The same server and credentials, another database (a scratch or maintenance database)."""
+    if target.dsn is not None:
+        params = psycopg2.extensions.parse_dsn(target.dsn)
+        params["dbname"] = dbname
+        return replace(target, dsn=psycopg2.extensions.make_dsn(**params))
+    return replace(target, params={**target.params, "dbname": dbname})
+
+
+# libpq keyword -> environment variable, for child processes (pg_dump, pg_restore): nothing in argv.
+LIBPQ_ENV = {
+    "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
+    "port": "PGPORT",
+    "dbname": "PGDATABASE",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "passfile": "PGPASSFILE",
+    "service": "PGSERVICE",
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "options": "PGOPTIONS",
+    "application_name": "PGAPPNAME",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+}
+
+
+def libpq_environment(target: Target) -> dict[str, str]:
+    """os.environ for a libpq client program that connects to `target`, passwords included, so that
+    no secret ever appears in a process's argv."""
+    env = dict(os.environ)  # what the user set for libpq (PGPASSWORD, PGPASSFILE, ...) still applies
+    params = dict(psycopg2.extensions.parse_dsn(target.dsn)) if target.dsn is not None else {}
+    params.update({k: str(v) for k, v in target.params.items()})
+    for key, value in params.items():
+        if key in LIBPQ_ENV and value not in (None, ""):
+            env[LIBPQ_ENV[key]] = str(value)
+    return env
+
+
 def admin_target(target: Target, admin_dsn: str | None = None) -> Target:
     """The same database through the admin connection used for extensions and grants:
     --admin-dsn (or $BRIDGE_DB_ADMIN_DSN), else the environment's admin_user, else the target itself."""

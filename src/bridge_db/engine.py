@@ -8,9 +8,10 @@ one transaction. `rollback()`, `status()` and `verify()` reuse the same pieces.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg2
 import psycopg2.errors
@@ -18,7 +19,15 @@ import psycopg2.sql
 
 from .connection import Target, connect, lost_connection, migration_lock
 from .discovery import Migration, SqlFile
-from .errors import BridgeDbError, MigrationFailed, PrerequisiteMissing, RefusedByPolicy, UsageError, ValidationFailed
+from .errors import (
+    BackupFailed,
+    BridgeDbError,
+    MigrationFailed,
+    PrerequisiteMissing,
+    RefusedByPolicy,
+    UsageError,
+    ValidationFailed,
+)
 from .history import (
     AppliedMigration,
     RunContext,
@@ -57,6 +66,7 @@ class RunResult:
     total_ms: int = 0
     single_transaction: bool = False
     run_id: str | None = None
+    backup: str | None = None  # the backup taken before this run (production policy)
 
     def as_dict(self) -> dict:
         data = dict(self.__dict__)
@@ -123,6 +133,8 @@ class Progress:
 
     def step_finished(self, step: StepResult) -> None: ...
 
+    def backing_up(self, folder: Path) -> None: ...
+
 
 # --------------------------------------------------------------------------- migrate and rollback
 
@@ -137,8 +149,16 @@ def migrate(
     lock_wait: float | None = None,
     progress: Progress | None = None,
     run: RunContext | None = None,
+    confirm: Callable[[str], bool] | None = None,
+    backup_dir: Path | None = None,
 ) -> RunResult:
-    """Bring the target up to `to_version` (default: the newest file)."""
+    """Bring the target up to `to_version` (default: the newest file).
+
+    Under a production policy (backup_before_migrate) the run is: preflight (connect, lock, validate,
+    extensions, free disk) -> confirmation -> backup -> verified backup -> every pending migration in ONE
+    transaction -> the declared schema checked inside it -> COMMIT. Anything failing before COMMIT
+    leaves the database as it was; a failed backup stops before any DDL.
+    """
     _check_version_arg(migrations, to_version)
     return _execute(
         target,
@@ -150,6 +170,8 @@ def migrate(
         lock_wait=lock_wait,
         progress=progress,
         run=run,
+        confirm=confirm,
+        backup_dir=backup_dir,
     )
 
 
@@ -164,8 +186,11 @@ def rollback(
     lock_wait: float | None = None,
     progress: Progress | None = None,
     run: RunContext | None = None,
+    confirm: Callable[[str], bool] | None = None,
+    backup_dir: Path | None = None,
 ) -> RunResult:
-    """Undo the newest `steps` migrations (default 1), or every one newer than `to_version`."""
+    """Undo the newest `steps` migrations (default 1), or every one newer than `to_version`.
+    Under a production policy a verified backup comes first: a rollback drops data."""
     if steps is not None and to_version is not None:
         raise UsageError("give either --steps or --to, not both", "e.g. rollback --steps 1, or rollback --to 3")
     if steps is not None and steps < 1:
@@ -189,6 +214,8 @@ def rollback(
         lock_wait=lock_wait,
         progress=progress,
         run=run,
+        confirm=confirm,
+        backup_dir=backup_dir,
     )
 
 
@@ -203,10 +230,15 @@ def _execute(
     lock_wait: float | None,
     progress: Progress | None,
     run: RunContext | None,
+    confirm: Callable[[str], bool] | None = None,
+    backup_dir: Path | None = None,
 ) -> RunResult:
     """Connect, lock, validate history, plan, check, run: the one path both directions take."""
     progress = progress or Progress()
-    single = target.environment.policy.single_transaction if single_transaction is None else single_transaction
+    policy = target.environment.policy
+    guarded = policy.backup_before_migrate  # the production path: backup, one transaction
+    single = policy.single_transaction if single_transaction is None else single_transaction
+    single = single or guarded
     run = run or RunContext(environment=target.environment.name)
     started = time.perf_counter()
 
@@ -238,8 +270,14 @@ def _execute(
             _parse_all(files)  # a syntax error in any file stops the run before any DDL
             if action == "apply":
                 check_required_extensions(cur, plan)
-                ensure_history_tables(cur)
-            result.steps = _run_plan(conn, target, action, plan, single, progress, run)
+            if policy.require_confirmation:
+                _confirm_plan(confirm, target, action, plan)
+            post_check = None
+            if guarded:
+                result.backup = _backup_first(target, backup_dir, run, progress)
+                if action == "apply":
+                    post_check = _declared_schema_check(migrations, applied, plan)
+            result.steps = _run_plan(conn, target, action, plan, single, progress, run, post_check)
             result.total_ms = _ms_since(started)
             return result
     except psycopg2.Error as exc:  # outside a migration step: connection lost, privileges, ...
@@ -332,13 +370,23 @@ def check_required_extensions(cur, plan: Iterable[Migration]) -> None:
 
 
 def _run_plan(
-    conn, target: Target, action: str, plan: list[Migration], single: bool, progress: Progress, run: RunContext
+    conn,
+    target: Target,
+    action: str,
+    plan: list[Migration],
+    single: bool,
+    progress: Progress,
+    run: RunContext,
+    post_check: Callable | None = None,
 ) -> list[StepResult]:
-    """Each migration in its own transaction, or (single) the whole plan in one."""
+    """Each migration in its own transaction, or (single) the whole plan, history tables and
+    `post_check` included, in one."""
     cur = conn.cursor()
     done: list[StepResult] = []
     if single:
         cur.execute("BEGIN")
+    if action == "apply":
+        ensure_history_tables(cur)
     for index, migration in enumerate(plan, start=1):
         progress.step_started(action, migration, index, len(plan))
         if not single:
@@ -349,6 +397,8 @@ def _run_plan(
         done.append(step)
         progress.step_finished(step)
     if single:
+        if post_check:
+            _check_or_fail(conn, cur, target, action, plan[-1], run, post_check)
         _commit_or_fail(conn, cur, target, action, plan[-1], run)
     return done
 
@@ -390,6 +440,56 @@ def _run_step(conn, cur, target: Target, action: str, migration: Migration, run:
         raise
     skipped = sum(1 for n in conn.notices[notices_before:] if "already exists, skipping" in n)
     return StepResult(action, migration.version, migration.name, sql_file.path.name, elapsed, skipped)
+
+
+def _check_or_fail(conn, cur, target: Target, action: str, last: Migration, run: RunContext, check) -> None:
+    problems = check(cur)
+    if problems:
+        _rollback_quietly(conn)
+        raise MigrationFailed(
+            f"post-apply schema check failed, everything was rolled back: {problems[0]}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+            "the database already differs from what the migrations declare; run `verify` and fix the drift",
+            problems=problems,
+        )
+
+
+def _confirm_plan(confirm, target: Target, action: str, plan: list[Migration]) -> None:
+    names = ", ".join(m.label for m in plan)
+    question = f"{'Apply' if action == 'apply' else 'Roll back'} {len(plan)} migration(s) on {target.label}: {names}?"
+    if confirm is None or not confirm(question):
+        raise RefusedByPolicy(
+            f"{target.environment.name} requires confirmation and it was not given; nothing changed",
+            "answer yes on a terminal, or pass --yes",
+        )
+
+
+def _backup_first(target: Target, backup_dir: Path | None, run: RunContext, progress: Progress) -> str:
+    """Check the disk, take and verify a backup, and record it in the run's log rows."""
+    from .backup import free_space_for_backup, take_backup
+
+    if backup_dir is None:
+        raise UsageError(
+            f"{target.environment.name} backs up before migrating but no backup folder was given",
+            "set backup_dir in environments.toml",
+        )
+    needed, free = free_space_for_backup(target, backup_dir)
+    if free < needed:
+        raise BackupFailed(
+            f"not enough free space in {backup_dir} for a backup: {free // 2**20} MiB free, "
+            f"up to {needed // 2**20} MiB needed (the database's size); nothing was changed",
+            "free space or point backup_dir elsewhere, then run again",
+        )
+    progress.backing_up(backup_dir)
+    result = take_backup(target, backup_dir)
+    run.details.update(backup=result.path, backup_sha256=result.manifest.sha256)
+    return result.path
+
+
+def _declared_schema_check(migrations: list[Migration], applied: dict, plan: list[Migration]):
+    versions = set(applied) | {m.version for m in plan}
+    expected = declared_objects([m for m in migrations if m.version in versions])
+    return lambda cur: _missing_objects(cur, expected)
 
 
 def _commit_or_fail(conn, cur, target: Target, action: str, last: Migration, run: RunContext) -> None:
@@ -616,6 +716,15 @@ def declared_objects(applied: list[Migration]) -> dict:
                         table.add(cmd.def_.colname)
                     elif cmd.subtype == enums.AlterTableType.AT_DropColumn:
                         table.discard(cmd.name)
+            elif isinstance(stmt, ast.RenameStmt) and stmt.relation is not None:
+                old = _qualified(stmt.relation)
+                if stmt.renameType == enums.ObjectType.OBJECT_TABLE and old in tables:
+                    tables[stmt.newname] = tables.pop(old)
+                elif stmt.renameType == enums.ObjectType.OBJECT_INDEX and old in indexes:
+                    indexes[stmt.newname] = indexes.pop(old)
+                elif stmt.renameType == enums.ObjectType.OBJECT_COLUMN and old in tables:
+                    tables[old].discard(stmt.subname)
+                    tables[old].add(stmt.newname)
             elif isinstance(stmt, ast.DropStmt):
                 for obj in stmt.objects or ():
                     name = ".".join(n.sval for n in obj) if isinstance(obj, tuple) else None

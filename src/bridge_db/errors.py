@@ -71,6 +71,13 @@ class PrerequisiteMissing(BridgeDbError):
     kind = "prerequisite"
 
 
+class BackupFailed(BridgeDbError):
+    """A backup or restore did not complete; no half-written file is left, earlier backups are untouched."""
+
+    exit_code = 8
+    kind = "backup_failed"
+
+
 class RefusedByPolicy(BridgeDbError):
     """The environment's policy forbids the command (e.g. `reset` outside dev)."""
 
@@ -88,6 +95,7 @@ EXIT_CODES: list[tuple[int, str]] = [
     (ValidationFailed.exit_code, "validation failure: gap, duplicate, edited or missing migration file"),
     (MigrationFailed.exit_code, "SQL error in a migration (rolled back, no history row written)"),
     (PrerequisiteMissing.exit_code, "missing prerequisite: extension, PostgreSQL server binaries"),
-    (RefusedByPolicy.exit_code, "refused by the environment's policy (e.g. reset outside dev)"),
+    (BackupFailed.exit_code, "backup or restore failed (no partial file kept, earlier backups untouched)"),
+    (RefusedByPolicy.exit_code, "refused: policy (e.g. reset outside dev) or confirmation not given"),
     (130, "interrupted (Ctrl-C); the running transaction was rolled back"),
 ]
