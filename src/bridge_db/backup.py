@@ -669,7 +669,7 @@ def _remove_stale_partials(folder: Path) -> None:
 @contextmanager
 def _folder_lock(folder: Path):
     """One backup or prune at a time per folder (cron and a person at once)."""
-    with open(folder / ".lock", "a") as handle:
+    with os.fdopen(os.open(folder / ".lock", os.O_WRONLY | os.O_CREAT, 0o600), "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
