@@ -276,6 +276,7 @@ def test_prune_deletes_files_and_manifests_and_dry_run_does_not(tmp_path):
     now = datetime.now(UTC)
     for days in range(10):
         _fake_backup(folder, now - timedelta(days=days * 8))
+
     def files():
         return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
