@@ -39,10 +39,13 @@ def _common(env: str, dsn: str | None, json: bool) -> list[object]:
         "dry_run": "print the plan and its SQL, change nothing",
         "single_transaction": "apply the whole plan in one transaction (all or nothing)",
         "lock_wait": "seconds to wait for another runner's lock (default: the environment's policy)",
+        "yes": "confirm non-interactively where the environment asks (production)",
     }
 )
-def migrate(c, env="dev", to=None, dry_run=False, single_transaction=False, lock_wait=None, dsn=None, json=False):
-    """Apply pending migrations (dev: starts the embedded database if needed)."""
+def migrate(
+    c, env="dev", to=None, dry_run=False, single_transaction=False, lock_wait=None, dsn=None, json=False, yes=False
+):
+    """Apply pending migrations (dev: starts the embedded database; production: backup first, asks)."""
     _bridge(
         "migrate",
         *_common(env, dsn, json),
@@ -50,6 +53,7 @@ def migrate(c, env="dev", to=None, dry_run=False, single_transaction=False, lock
         dry_run and "--dry-run",
         single_transaction and "--single-transaction",
         *(["--lock-wait", lock_wait] if lock_wait is not None else []),
+        yes and "--yes",
     )
 
 
@@ -61,10 +65,20 @@ def migrate(c, env="dev", to=None, dry_run=False, single_transaction=False, lock
         "dry_run": "print the plan and its SQL, change nothing",
         "single_transaction": "roll back the whole plan in one transaction",
         "lock_wait": "seconds to wait for another runner's lock",
+        "yes": "confirm non-interactively where the environment asks (production)",
     }
 )
 def rollback(
-    c, env="dev", steps=None, to=None, dry_run=False, single_transaction=False, lock_wait=None, dsn=None, json=False
+    c,
+    env="dev",
+    steps=None,
+    to=None,
+    dry_run=False,
+    single_transaction=False,
+    lock_wait=None,
+    dsn=None,
+    json=False,
+    yes=False,
 ):
     """Roll back applied migrations, newest first."""
     _bridge(
@@ -75,6 +89,7 @@ def rollback(
         dry_run and "--dry-run",
         single_transaction and "--single-transaction",
         *(["--lock-wait", lock_wait] if lock_wait is not None else []),
+        yes and "--yes",
     )
 
 
@@ -137,6 +152,70 @@ def stats(c, env="dev", top=20, dsn=None, json=False):
     _bridge("stats", *_common(env, dsn, json), "--top", top)
 
 
+@task(
+    help={
+        **COMMON_HELP,
+        "format": "custom (pg_dump -Fc, default) or directory (-Fd, parallel)",
+        "jobs": "parallel jobs for the directory format",
+        "verify_restore": "also restore into a scratch database and compare per-table row counts",
+        "globals": "also dump roles (pg_dumpall --globals-only, without password hashes)",
+        "backup_dir": "folder for this backup (default: backup_dir from environments.toml)",
+    }
+)
+def backup(
+    c, env="dev", format=None, jobs=None, verify_restore=False, globals=False, backup_dir=None, dsn=None, json=False
+):
+    """Back up the environment's database with pg_dump, verified, with a manifest beside it."""
+    _bridge(
+        "backup",
+        *_common(env, dsn, json),
+        *(["--format", format] if format else []),
+        *(["--jobs", jobs] if jobs else []),
+        verify_restore and "--verify-restore",
+        globals and "--globals",
+        *(["--backup-dir", backup_dir] if backup_dir else []),
+    )
+
+
+@task(help={**COMMON_HELP, "backup_dir": "folder to list (default: backup_dir from environments.toml)"})
+def backups(c, env="dev", backup_dir=None, dsn=None, json=False):
+    """List the environment's backups with age, size and verification state."""
+    _bridge("backups", *_common(env, dsn, json), *(["--backup-dir", backup_dir] if backup_dir else []))
+
+
+@task(help={**COMMON_HELP, "dry_run": "list what would be deleted", "backup_dir": "folder to prune"})
+def prune(c, env="dev", dry_run=False, backup_dir=None, dsn=None, json=False):
+    """Apply the environment's retention; never deletes the newest verified backup."""
+    _bridge(
+        "prune",
+        *_common(env, dsn, json),
+        dry_run and "--dry-run",
+        *(["--backup-dir", backup_dir] if backup_dir else []),
+    )
+
+
+@task(
+    help={
+        **COMMON_HELP,
+        "file": "the dump to restore (its manifest must be beside it)",
+        "target_db": "database to create (default: <db>_restore_<time>)",
+        "overwrite": "replace the environment's database (asks; the old one is kept, renamed)",
+        "yes": "confirm non-interactively",
+    }
+)
+def restore(c, file, env="dev", target_db=None, overwrite=False, yes=False, dsn=None, json=False):
+    """Restore a backup into a new database (the drill), or over the environment's with --overwrite."""
+    _bridge(
+        "restore",
+        *_common(env, dsn, json),
+        "--file",
+        file,
+        *(["--target-db", target_db] if target_db else []),
+        overwrite and "--overwrite",
+        yes and "--yes",
+    )
+
+
 @task(name="up", help={"env": "an embedded environment (default dev)", "json": COMMON_HELP["json"]})
 def db_up(c, env="dev", json=False):
     """Start the embedded dev database (initialise it the first time)."""
@@ -177,4 +256,21 @@ def lint(c):
 
 
 db = Collection("db", db_up, db_down, db_status)
-ns = Collection(migrate, rollback, status, verify, new, reset, setup_extensions, grant, stats, test, lint, db)
+ns = Collection(
+    migrate,
+    rollback,
+    status,
+    verify,
+    new,
+    reset,
+    setup_extensions,
+    grant,
+    stats,
+    backup,
+    backups,
+    prune,
+    restore,
+    test,
+    lint,
+    db,
+)

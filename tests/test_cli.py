@@ -178,6 +178,13 @@ def test_every_invoke_task_has_help():
         "db.status",
         "test",
         "lint",
+        "setup-extensions",
+        "grant",
+        "stats",
+        "backup",
+        "backups",
+        "prune",
+        "restore",
     ):
         assert name in listing
         assert _invoke("--help", name).returncode == 0

@@ -97,3 +97,23 @@ def test_stats_on_the_embedded_cluster_show_top_queries(project):
     assert 0 < len(report["queries"]) <= 3
     assert report["queries"][0]["mean_ms"] >= report["queries"][-1]["mean_ms"]
     assert {t["table"] for t in report["tables"]} >= {"workflow_executions", "metadata_stamps"}
+
+
+def test_operations_work_on_the_embedded_dev_database(project):
+    assert run_cli("migrate", cwd=project).returncode == 0
+    out = run_cli("setup-extensions", "--json", cwd=project)
+    assert out.returncode == 0 and json.loads(out.stdout)["not_preloaded"] == []  # preloaded by db up
+    suffix = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    config = project / "environments.toml"
+    config.write_text(config.read_text().replace(
+        "allow_reset = true", f'allow_reset = true\napp_role = "emb_app_{suffix}"\nreadonly_role = "emb_ro_{suffix}"'))
+    out = run_cli("grant", "--json", cwd=project)
+    assert out.returncode == 0 and json.loads(out.stdout)["changed"], out.stderr
+    assert json.loads(run_cli("grant", "--json", cwd=project).stdout)["changed"] is False
+    out = run_cli("backup", "--verify-restore", "--json", cwd=project)
+    assert out.returncode == 0, out.stderr
+    dump = json.loads(out.stdout)["path"]
+    assert dump.startswith(str(project / "backups" / "dev"))
+    out = run_cli("restore", "--file", dump, "--target-db", "drill_restore", "--json", cwd=project)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["row_counts_checked"] is True  # counts recorded by --verify-restore
