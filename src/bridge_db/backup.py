@@ -25,7 +25,7 @@ from pathlib import Path
 import psycopg2
 from psycopg2 import sql
 
-from .connection import Target, connect, libpq_environment, with_database
+from .connection import Target, connect, cursor_for, libpq_environment, with_database
 from .errors import BackupFailed, PrerequisiteMissing, RefusedByPolicy, UsageError
 from .history import read_applied
 
@@ -283,12 +283,8 @@ def _restore_and_compare(admin: Target, dump: Path, expected: dict[str, int], jo
             libpq_environment(target),
             "verify restore",
         )
-        conn = connect(target)
-        try:
-            with conn.cursor() as cur:
-                actual = _row_counts(cur)
-        finally:
-            conn.close()
+        with cursor_for(target) as cur:
+            actual = _row_counts(cur)
         if actual != expected:
             diff = {
                 t: (expected.get(t), actual.get(t))
@@ -476,12 +472,8 @@ def restore_backup(
             "pg_restore",
         )
         if manifest.row_counts is not None:
-            conn = connect(staged)
-            try:
-                with conn.cursor() as cur:
-                    actual = _row_counts(cur)
-            finally:
-                conn.close()
+            with cursor_for(staged) as cur:
+                actual = _row_counts(cur)
             if actual != manifest.row_counts:
                 raise BackupFailed(
                     f"restored row counts differ from the manifest: {actual} != {manifest.row_counts}",
@@ -506,27 +498,22 @@ def restore_backup(
 
 
 def _swap_databases(admin: Target, current: str, incoming: str, keep_as: str) -> None:
-    conn = _maintenance(admin)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                (current,),
-            )
-            cur.execute(
-                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(current), sql.Identifier(keep_as))
-            )
-            try:
-                cur.execute(
-                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(incoming), sql.Identifier(current))
-                )
-            except psycopg2.Error:
-                cur.execute(
-                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(keep_as), sql.Identifier(current))
-                )
-                raise
-    finally:
-        conn.close()
+    """current -> keep_as, incoming -> current; on failure the first rename is undone."""
+
+    def rename(cur, old: str, new: str) -> None:
+        cur.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
+
+    with _maintenance(admin) as cur:
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (current,),
+        )
+        rename(cur, current, keep_as)
+        try:
+            rename(cur, incoming, current)
+        except psycopg2.Error:
+            rename(cur, keep_as, current)
+            raise
 
 
 # --------------------------------------------------------------------------- helpers
@@ -535,62 +522,43 @@ def _swap_databases(admin: Target, current: str, incoming: str, keep_as: str) ->
 def free_space_for_backup(target: Target, folder: Path) -> tuple[int, int]:
     """(needed, free) bytes: the database's size is an upper bound for its dump."""
     folder = _private_folder(folder)
-    conn = connect(target)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_database_size(current_database())")
-            needed = cur.fetchone()[0]
-    finally:
-        conn.close()
+    with cursor_for(target) as cur:
+        cur.execute("SELECT pg_database_size(current_database())")
+        needed = cur.fetchone()[0]
     return needed, shutil.disk_usage(folder).free
 
 
 def _server_major(target: Target) -> int:
-    conn = connect(target)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT current_setting('server_version_num')::int / 10000")
-            return cur.fetchone()[0]
-    finally:
-        conn.close()
+    with cursor_for(target) as cur:
+        cur.execute("SELECT current_setting('server_version_num')::int / 10000")
+        return cur.fetchone()[0]
 
 
 def _maintenance(admin: Target):
-    """A connection to the server's maintenance database, for CREATE/DROP/ALTER DATABASE."""
-    return connect(with_database(admin, "postgres"))
+    """A cursor on the server's maintenance database, for CREATE/DROP/ALTER DATABASE."""
+    return cursor_for(with_database(admin, "postgres"))
 
 
 def _database_exists(admin: Target, name: str) -> bool:
-    conn = _maintenance(admin)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            return cur.fetchone() is not None
-    finally:
-        conn.close()
+    with _maintenance(admin) as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        return cur.fetchone() is not None
 
 
 def _create_database(admin: Target, name: str) -> None:
-    conn = _maintenance(admin)
     try:
-        with conn.cursor() as cur:
+        with _maintenance(admin) as cur:
             cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
     except psycopg2.errors.InsufficientPrivilege:
         raise PrerequisiteMissing(
             f"creating database {name} needs CREATEDB ({admin.label})",
             "set admin_user (or --admin-dsn) to a role with CREATEDB",
         ) from None
-    finally:
-        conn.close()
 
 
 def _drop_database(admin: Target, name: str) -> None:
-    conn = _maintenance(admin)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    finally:
-        conn.close()
+    with _maintenance(admin) as cur:
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def _private_folder(folder: Path) -> Path:

@@ -194,6 +194,17 @@ def connect(target: Target, *, start_embedded: bool = True):
         raise _connection_failed(target, exc) from None
 
 
+@contextmanager
+def cursor_for(target: Target, *, start_embedded: bool = True):
+    """A cursor on a fresh autocommit connection, closed afterwards: for short, single-purpose work."""
+    conn = connect(target, start_embedded=start_embedded)
+    try:
+        with conn.cursor() as cur:
+            yield cur
+    finally:
+        conn.close()
+
+
 def _open(target: Target):
     if target.dsn is not None:
         conn = psycopg2.connect(target.dsn, **target.params)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import psycopg2
 
-from .connection import Target, connect
+from .connection import Target, cursor_for
 from .extensions import preloaded_libraries
 
 
@@ -24,28 +24,22 @@ class StatsReport:
 
 def collect_stats(target: Target, top: int = 20) -> StatsReport:
     report = StatsReport(target.label)
-    conn = connect(target)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT schemaname, relname, n_live_tup, n_dead_tup, seq_scan, coalesce(idx_scan, 0), "
-                "       pg_total_relation_size(relid) "
-                "  FROM pg_stat_user_tables ORDER BY schemaname, relname"
-            )
-            report.tables = [
-                dict(zip(("schema", "table", "row_count", "dead_rows", "seq_scans", "index_scans", "total_bytes"), r))
-                for r in cur.fetchall()
-            ]
-            cur.execute(
-                "SELECT schemaname, relname, indexrelname, idx_scan, pg_relation_size(indexrelid) "
-                "  FROM pg_stat_user_indexes ORDER BY idx_scan DESC, indexrelname"
-            )
-            report.indexes = [
-                dict(zip(("schema", "table", "index", "index_scans", "bytes"), r)) for r in cur.fetchall()
-            ]
-            report.queries = _top_queries(cur, top, report.notes)
-    finally:
-        conn.close()
+    with cursor_for(target) as cur:
+        cur.execute(
+            "SELECT schemaname, relname, n_live_tup, n_dead_tup, seq_scan, coalesce(idx_scan, 0), "
+            "       pg_total_relation_size(relid) "
+            "  FROM pg_stat_user_tables ORDER BY schemaname, relname"
+        )
+        report.tables = [
+            dict(zip(("schema", "table", "row_count", "dead_rows", "seq_scans", "index_scans", "total_bytes"), r))
+            for r in cur.fetchall()
+        ]
+        cur.execute(
+            "SELECT schemaname, relname, indexrelname, idx_scan, pg_relation_size(indexrelid) "
+            "  FROM pg_stat_user_indexes ORDER BY idx_scan DESC, indexrelname"
+        )
+        report.indexes = [dict(zip(("schema", "table", "index", "index_scans", "bytes"), r)) for r in cur.fetchall()]
+        report.queries = _top_queries(cur, top, report.notes)
     return report
 
 

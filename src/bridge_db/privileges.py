@@ -161,29 +161,9 @@ def _plan_changes(cur, roles: dict[str, str]) -> list[Change]:
             grant = [p for p in every if p in wanted - held]
             revoke = [p for p in every if p in held - wanted]
             if grant:
-                changes.append(
-                    Change(
-                        f"{role} lacks {', '.join(grant)} on {relation}",
-                        _render(
-                            cur,
-                            sql.SQL("GRANT {} ON {} {} TO {}").format(
-                                sql.SQL(", ").join(map(sql.SQL, grant)), sql.SQL(noun), ident(relation), ident(role)
-                            ),
-                        ),
-                    )
-                )
+                changes.append(_relation_change(cur, "GRANT", grant, noun, relation, role, f"{role} lacks"))
             if revoke:
-                changes.append(
-                    Change(
-                        f"{role} must not have {', '.join(revoke)} on {relation}",
-                        _render(
-                            cur,
-                            sql.SQL("REVOKE {} ON {} {} FROM {}").format(
-                                sql.SQL(", ").join(map(sql.SQL, revoke)), sql.SQL(noun), ident(relation), ident(role)
-                            ),
-                        ),
-                    )
-                )
+                changes.append(_relation_change(cur, "REVOKE", revoke, noun, relation, role, f"{role} must not have"))
 
     # Tables that later migrations create (as the owner role) are covered without granting again.
     for objtype, noun, desired in (("r", "TABLES", DESIRED_TABLES), ("S", "SEQUENCES", DESIRED_SEQUENCES)):
@@ -211,6 +191,18 @@ def _plan_changes(cur, roles: dict[str, str]) -> list[Change]:
                     )
                 )
     return changes
+
+
+def _relation_change(cur, verb: str, privileges: list[str], noun: str, relation: str, role: str, why: str) -> Change:
+    statement = sql.SQL("{} {} ON {} {} {} {}").format(
+        sql.SQL(verb),
+        sql.SQL(", ").join(map(sql.SQL, privileges)),
+        sql.SQL(noun),
+        sql.Identifier(relation),
+        sql.SQL("TO" if verb == "GRANT" else "FROM"),
+        sql.Identifier(role),
+    )
+    return Change(f"{why} {', '.join(privileges)} on {relation}", _render(cur, statement))
 
 
 def _render(cur, statement: sql.Composable) -> str:
