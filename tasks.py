@@ -234,6 +234,40 @@ def db_status(c, env="dev", json=False):
     _bridge("db", "status", "--env", env, json and "--json")
 
 
+MIGRATE_PLAYBOOK = {"production": "prod_migrate"}
+
+
+@task(
+    help={
+        "env": "inventory under inventories/ (dev, staging, production)",
+        "playbook": "playbook under playbooks/ without .yml (default: the environment's migrate playbook)",
+        "check": "ansible-playbook --check: report what would change",
+        "diff": "show the pending SQL / statements",
+        "confirm": "production: sets bridge_confirm_production=true (prod_migrate.yml refuses without it)",
+        "limit": "only these hosts (ansible-playbook --limit)",
+    }
+)
+def deploy(c, env="dev", playbook=None, check=False, diff=False, confirm=False, limit=None):
+    """Run a playbook for an environment: invoke deploy --env staging [--playbook setup] [--check]."""
+    import shlex
+
+    inventory = ROOT / "inventories" / env
+    book = ROOT / "playbooks" / f"{playbook or MIGRATE_PLAYBOOK.get(env, f'{env}_migrate')}.yml"
+    if not inventory.is_dir() or not book.is_file():
+        known = ", ".join(sorted(p.name for p in (ROOT / "inventories").iterdir()))
+        raise Exit(
+            f"error: no inventory {inventory.name!r} or playbook {book.name!r}\n  next: environments: {known}; "
+            "playbooks: see playbooks/",
+            code=2,
+        )
+    cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(book)]
+    cmd += ["--check"] * check + ["--diff"] * diff + (["--limit", limit] if limit else [])
+    cmd += ["-e", "bridge_confirm_production=true"] if confirm else []
+    result = c.run(shlex.join(cmd), pty=False, warn=True, env={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")})
+    if result.exited:
+        raise Exit(code=result.exited)
+
+
 @task(help={"args": 'extra pytest arguments, e.g. "-k concurrency -x"'})
 def test(c, args=""):
     """Run the whole test suite against real PostgreSQL (see README: Tests)."""
@@ -270,6 +304,7 @@ ns = Collection(
     backups,
     prune,
     restore,
+    deploy,
     test,
     lint,
     db,

@@ -320,6 +320,26 @@ def _dump_globals(admin: Target, folder: Path, name: str, server_major: int) -> 
     return globals_name
 
 
+def write_status_marker(path: Path, environment: str, result: BackupResult | None, error=None) -> None:
+    """The freshness marker monitoring reads: when the last backup ran, how it ended, and where the
+    dump is. Replaced atomically, written on failure too."""
+    marker = {
+        "environment": environment,
+        "finished_at": datetime.now(UTC).isoformat(),
+        "result": "ok" if error is None else "failed",
+        "exit_code": 0 if error is None else error.exit_code,
+        "message": None if error is None else error.message,
+        "path": result.path if result else None,
+        "size_bytes": result.manifest.size_bytes if result else None,
+        "verified": result.manifest.verified if result else None,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
 # --------------------------------------------------------------------------- listing and retention
 
 

@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--globals", action="store_true", help="also dump roles (pg_dumpall --globals-only, no passwords)")
     p.add_argument("--admin-dsn", default=None, help="connection for scratch databases and globals")
     p.add_argument("--backup-dir", default=None, help="default: backup_dir from environments.toml")
+    p.add_argument(
+        "--status-file",
+        default=None,
+        help="write the time and result of this backup here (JSON), failures included: for monitoring",
+    )
+    p.add_argument("--prune", action="store_true", help="apply retention after a successful backup")
     p = verbs.add_parser("backups", parents=[common], help="list backups with age, size and verification state")
     p.add_argument("--backup-dir", default=None)
     p = verbs.add_parser("prune", parents=[common], help="apply retention; never deletes the newest verified backup")
@@ -543,19 +549,30 @@ def _backup_dir(config, target, args) -> Path:
 
 
 def cmd_backup(args) -> int:
-    from .backup import take_backup
+    from .backup import prune, take_backup, write_status_marker
     from .connection import admin_target
 
     config, target, _ = _context(args, discover=False)
-    result = take_backup(
-        target,
-        _backup_dir(config, target, args),
-        fmt=args.format,
-        jobs=args.jobs,
-        verify_restore=args.verify_restore,
-        with_globals=args.globals,
-        admin=admin_target(target, args.admin_dsn),
-    )
+    folder = _backup_dir(config, target, args)
+    try:
+        result = take_backup(
+            target,
+            folder,
+            fmt=args.format,
+            jobs=args.jobs,
+            verify_restore=args.verify_restore,
+            with_globals=args.globals,
+            admin=admin_target(target, args.admin_dsn),
+        )
+        if args.prune:
+            policy = target.environment.policy
+            result.pruned = prune(folder, policy.keep_last, policy.keep_daily, policy.keep_weekly)
+    except BridgeDbError as exc:
+        if args.status_file:
+            write_status_marker(Path(args.status_file), target.environment.name, None, exc)
+        raise
+    if args.status_file:
+        write_status_marker(Path(args.status_file), target.environment.name, result)
     if args.json:
         print(json.dumps(result.as_dict()))
     else:

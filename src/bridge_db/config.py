@@ -14,7 +14,7 @@ CONFIG_FILE_NAME = "environments.toml"
 ENV_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 CONNECTION_KEYS = {"host", "port", "database", "user", "sslmode", "connect_timeout", "service"}
-OTHER_KEYS = {"embedded", "migrations_dir"}
+OTHER_KEYS = {"embedded", "embedded_dir", "migrations_dir"}
 # Keys that would put a secret in a versioned file.
 FORBIDDEN_KEYS = {"password", "passwd", "pass", "dsn", "url"}
 CHOICES = {"backup_format": ("custom", "directory")}
@@ -54,6 +54,7 @@ class Environment:
     connection: dict[str, object]
     policy: Policy
     embedded: bool = False
+    embedded_dir: str = ".devdb"  # where an embedded cluster lives, relative to the project root
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ def parse_config(data: dict, path: Path) -> Config:
             connection=connection,
             policy=policy,
             embedded=_typed(path, name, "embedded", merged.get("embedded", False), False),
+            embedded_dir=_typed(path, name, "embedded_dir", merged.get("embedded_dir", ".devdb"), ".devdb"),
         )
     return Config(path=path, project_root=root, migrations_dir=migrations_dir, environments=environments)
 

@@ -82,7 +82,9 @@ def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Tar
     if environment.embedded:
         from .embedded import EmbeddedCluster
 
-        cluster = EmbeddedCluster.for_project(config.project_root, port=int(params.get("port", 54329)))
+        cluster = EmbeddedCluster.for_project(
+            config.project_root, port=int(params.get("port", 54329)), folder=environment.embedded_dir
+        )
         params.update(cluster.connection_params())
         return Target(environment, params, embedded=cluster)
     return Target(environment, params)

@@ -101,13 +101,13 @@ class EmbeddedCluster:
         self.socket_dir = socket_dir
 
     @classmethod
-    def for_project(cls, project_root: Path, port: int) -> EmbeddedCluster:
-        """.devdb/ in the checkout; when root runs it from a folder the unprivileged server user
-        cannot reach (e.g. under /root), a folder under /var/tmp named after the checkout instead."""
-        base = Path(project_root) / ".devdb"
+    def for_project(cls, project_root: Path, port: int, folder: str = ".devdb") -> EmbeddedCluster:
+        """`folder` (.devdb/) in the checkout; when root runs it from a folder the unprivileged server
+        user cannot reach (e.g. under /root), a folder under /var/tmp named after the checkout instead."""
+        base = Path(project_root) / folder
         service_user = _pick_service_user() if os.geteuid() == 0 else None
         if service_user and not _reachable_by(base.parent, service_user):
-            digest = hashlib.sha256(str(Path(project_root).resolve()).encode()).hexdigest()[:12]
+            digest = hashlib.sha256(str(base.resolve()).encode()).hexdigest()[:12]
             base = Path("/var/tmp") / f"bridge-db-devdb-{digest}"
         return cls(base, port, service_user)
 
@@ -285,7 +285,8 @@ class EmbeddedCluster:
             lines = [ln for ln in self.log_file.read_text(errors="replace").splitlines() if ln.strip()]
         except OSError:
             return ""
-        return lines[-1] if lines else ""
+        serious = [ln for ln in lines if any(level in ln for level in ("FATAL:", "PANIC:", "ERROR:"))]
+        return (serious or lines or [""])[-1]
 
     @contextmanager
     def _file_lock(self):

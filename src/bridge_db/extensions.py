@@ -75,3 +75,32 @@ def setup_extensions(admin: Target, names: tuple[str, ...] | list[str], check: b
                 "postgresql_extensions does this on hosts it manages"
             )
     return report
+
+
+def ensure_preloaded(admin: Target, names, check: bool = False) -> tuple[bool, bool]:
+    """Add the extensions that need it to shared_preload_libraries (ALTER SYSTEM, superuser).
+
+    Returns (changed, restart_required). The configured value is read from the files
+    (pg_file_settings), so a second run before the restart is not a change, but still needs the restart.
+    """
+    wanted = [n for n in names if n in PRELOADED]
+    with cursor_for(admin) as cur:
+        running = preloaded_libraries(cur)
+        cur.execute(
+            "SELECT setting FROM pg_file_settings WHERE name = 'shared_preload_libraries' AND error IS NULL "
+            "ORDER BY seqno DESC LIMIT 1"
+        )
+        row = cur.fetchone()
+        configured = {v.strip().strip('"') for v in (row[0] if row else "").split(",") if v.strip()}
+        missing = [n for n in wanted if n not in configured]
+        if missing and not check:
+            # A list setting takes one literal per library: a single 'a,b' would name one library "a,b".
+            libraries = sql.SQL(", ").join(sql.Literal(name) for name in sorted(configured | set(missing)))
+            try:
+                cur.execute(sql.SQL("ALTER SYSTEM SET shared_preload_libraries = {}").format(libraries))
+            except psycopg2.errors.InsufficientPrivilege:
+                raise PrerequisiteMissing(
+                    f"changing shared_preload_libraries needs a superuser ({admin.label})",
+                    "set admin_user in environments.toml (or --admin-dsn) to a superuser",
+                ) from None
+    return bool(missing), any(n not in running for n in wanted)

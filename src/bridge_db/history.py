@@ -48,6 +48,22 @@ CREATE TABLE IF NOT EXISTS schema_migrations_log (
 );
 COMMENT ON TABLE schema_migrations_log IS
     'Every apply and rollback attempt by bridge-db, failed ones included (their changes were rolled back).';
+-- History is written by migrations only: default privileges may have granted other roles more than
+-- SELECT on these new tables (see privileges.py); take it back at once.
+DO $$
+DECLARE grant_row record;
+BEGIN
+    FOR grant_row IN
+        SELECT DISTINCT c.relname, a.grantee::regrole::text AS grantee
+          FROM pg_class c, aclexplode(c.relacl) a
+         WHERE c.oid IN ('schema_migrations'::regclass, 'schema_migrations_log'::regclass)
+           AND a.grantee NOT IN (0, c.relowner) AND a.privilege_type <> 'SELECT'
+    LOOP
+        EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON %I FROM %s',
+                       grant_row.relname, grant_row.grantee);
+    END LOOP;
+END
+$$;
 """
 
 
