@@ -327,6 +327,8 @@ def _reachable_by(folder: Path, user: str) -> bool:
     for part in (folder, *folder.parents):
         try:
             st = part.stat()
+        except FileNotFoundError:
+            continue  # created later by us, with the usual umask: traversable
         except OSError:
             return False
         if st.st_uid == entry.pw_uid:
