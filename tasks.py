@@ -6,6 +6,7 @@ command behave, print and exit alike. `invoke --list` shows them; `invoke --help
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -268,16 +269,31 @@ def deploy(c, env="dev", playbook=None, check=False, diff=False, confirm=False, 
         raise Exit(code=result.exited)
 
 
-@task(help={"args": 'extra pytest arguments, e.g. "-k concurrency -x"'})
-def test(c, args=""):
-    """Run the whole test suite against real PostgreSQL (see README: Tests)."""
+BIN = Path(sys.executable).parent
+TOOLS_ENV = {"PATH": f"{BIN}:{os.environ.get('PATH', '')}", "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
+
+
+@task(help={"args": 'extra pytest arguments, e.g. "-k concurrency -x"', "molecule": "also run the Molecule scenarios"})
+def test(c, args="", molecule=True):
+    """The whole test suite: pytest against real PostgreSQL, then the Molecule scenarios (see README: Tests)."""
     c.run(f"{sys.executable} -m pytest -n 2 {args}", pty=False)
+    if molecule:
+        molecule_(c)
+
+
+@task(name="molecule", help={"scenario": "one scenario (default: all, i.e. default and fleet)"})
+def molecule_(c, scenario=None):
+    """Molecule scenarios against real local clusters: syntax, converge, idempotence, verify."""
+    for name in [scenario] if scenario else ["default", "fleet"]:
+        c.run(f"{BIN / 'molecule'} test -s {name}", pty=False, env=TOOLS_ENV)
 
 
 @task
 def lint(c):
-    """ruff on the Python code, and every migration file parsed by PostgreSQL's grammar."""
+    """ruff, yamllint, ansible-lint (production profile), and every migration parsed by PostgreSQL's grammar."""
     c.run(f"{sys.executable} -m ruff check {ROOT / 'src'} {ROOT / 'tests'} {ROOT / 'benchmarks'} {ROOT / 'tasks.py'}")
+    c.run(f"{BIN / 'yamllint'} --strict {ROOT}", pty=False, env=TOOLS_ENV)
+    c.run(f"{BIN / 'ansible-lint'} --offline", pty=False, env=TOOLS_ENV)
     from bridge_db.discovery import discover_migrations
     from bridge_db.errors import BridgeDbError
 
@@ -305,6 +321,7 @@ ns = Collection(
     prune,
     restore,
     deploy,
+    molecule_,
     test,
     lint,
     db,
