@@ -292,8 +292,9 @@ def molecule_(c, scenario=None):
 def lint(c):
     """ruff, yamllint, ansible-lint (production profile), and every migration parsed by PostgreSQL's grammar."""
     c.run(f"{sys.executable} -m ruff check {ROOT / 'src'} {ROOT / 'tests'} {ROOT / 'benchmarks'} {ROOT / 'tasks.py'}")
-    c.run(f"{BIN / 'yamllint'} --strict {ROOT}", pty=False, env=TOOLS_ENV)
-    c.run(f"{BIN / 'ansible-lint'} --offline", pty=False, env=TOOLS_ENV)
+    with c.cd(str(ROOT)):  # .yamllint's ignore patterns are relative to the project root
+        c.run(f"{BIN / 'yamllint'} --strict .", pty=False, env=TOOLS_ENV)
+        c.run(f"{BIN / 'ansible-lint'} --offline", pty=False, env=TOOLS_ENV)
     from bridge_db.discovery import discover_migrations
     from bridge_db.errors import BridgeDbError
 
