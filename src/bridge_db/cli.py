@@ -783,6 +783,16 @@ class HumanProgress:
     def backing_up(self, folder) -> None:
         print(f"  backing up into {folder} before migrating ...", file=self.stream, flush=True)
 
+    def retrying(self, migration, attempt, retries, delay, blockers) -> None:
+        self._stop_ticker(newline=True)
+        who = ", ".join(f"pid {b['pid']} ({b['application'] or b['user']}, {b['state']})" for b in blockers)
+        print(
+            f"  lock timeout on {migration.label}{': held by ' + who if who else ''}; "
+            f"retry {attempt}/{retries} in {delay:.1f}s",
+            file=self.stream,
+            flush=True,
+        )
+
     def step_started(self, action, migration, index, total) -> None:
         label = f"  [{index}/{total}] {'apply' if action == 'apply' else 'rollback'} {migration.label}"
         if not self.tty:

@@ -27,6 +27,10 @@ class Policy:
     [defaults] and overridden per environment; the type of each default is the type the file must use."""
 
     lock_wait_seconds: float = 60.0  # wait for another runner's lock, then exit 4
+    lock_timeout_ms: int = 2000  # a DDL statement waits this long for a table lock, then its step retries
+    statement_timeout_ms: int = 0  # cap on one migration statement (0 = none)
+    lock_retries: int = 5  # retries of a step that hit lock_timeout, with jittered exponential backoff
+    retry_backoff_ms: int = 500  # first backoff; doubles each retry, jittered, at most 30 s
     single_transaction: bool = False  # the whole plan in one transaction
     allow_reset: bool = False  # `reset` may drop schema public (dev)
     require_confirmation: bool = False  # migrate/restore ask first; without a terminal, --yes is required

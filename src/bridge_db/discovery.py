@@ -21,7 +21,7 @@ ALLOWED_EXTRA_FILES = {"README.md"}
 
 # Header directives, e.g. `-- bridge:requires-extension uuid-ossp`.
 DIRECTIVE_RE = re.compile(r"^--\s*bridge:(?P<key>[a-z-]+)\s*(?P<value>.*?)\s*$")
-KNOWN_DIRECTIVES = {"requires-extension"}
+KNOWN_DIRECTIVES = {"requires-extension", "no-transaction"}
 
 
 def normalised_checksum(raw: bytes) -> str:
@@ -38,6 +38,9 @@ def normalised_checksum(raw: bytes) -> str:
 class Statement:
     sql: str
     line: int  # 1-based line in the file where the statement starts
+    kind: str = ""  # the parse node, e.g. CreateStmt, IndexStmt
+    concurrent_index: str | None = None  # name of an index built or dropped CONCURRENTLY
+    relations: tuple[str, ...] = ()  # tables the statement names (to find who blocks it)
 
 
 @dataclass(frozen=True)
@@ -100,28 +103,79 @@ class SqlFile:
         """The file split into statements by PostgreSQL's own parser (libpg_query, via pglast).
 
         Splitting with the real grammar keeps dollar-quoted bodies, quoted semicolons and comments
-        intact, and reports a syntax error with its line before anything runs.
+        intact, reports a syntax error with its line before anything runs, and tells which statements
+        cannot run inside the transaction bridge-db wraps around a file.
         """
+        text = self.text
+        statements = []
+        for raw in self.parse_tree():
+            start = raw.stmt_location
+            sql = text[start : start + raw.stmt_len] if raw.stmt_len else text[start:].rstrip()
+            line = text[:start].count("\n") + 1
+            statements.append(_describe(raw.stmt, sql, line))
+        for statement in statements:
+            self._refuse_transaction_control(statement)
+        return statements
+
+    def _refuse_transaction_control(self, statement: Statement) -> None:
+        where = f"{self.path.name}:{statement.line}"
+        if statement.kind == "TransactionStmt":
+            raise ValidationFailed(
+                f"{where}: transaction control ({statement.sql.split()[0].upper()}) inside a migration",
+                "remove it: bridge-db runs each file and its history row in one transaction itself",
+                file=str(self.path),
+                line=statement.line,
+            )
+        if statement.concurrent_index and "no-transaction" not in self.directives:
+            raise ValidationFailed(
+                f"{where}: {statement.sql.split(' ON ')[0][:60]} cannot run inside a transaction",
+                "put it in a migration of its own whose header says -- bridge:no-transaction",
+                file=str(self.path),
+                line=statement.line,
+            )
+
+    @property
+    def transactional(self) -> bool:
+        """False when the header says `-- bridge:no-transaction` (CREATE INDEX CONCURRENTLY and the like)."""
+        return "no-transaction" not in self.directives
+
+    def parse_tree(self):
         import pglast  # imported here: a no-op `migrate` never needs the parser
 
-        text = self.text
         try:
-            slices = pglast.split(text, with_parser=True, only_slices=True)
+            return pglast.parse_sql(self.text)
         except pglast.parser.ParseError as exc:
             position = exc.args[1] if len(exc.args) > 1 else 0
-            line = text[:position].count("\n") + 1
+            line = self.text[:position].count("\n") + 1
             raise ValidationFailed(
                 f"{self.path.name}:{line}: {exc.args[0]}",
                 "fix the SQL syntax; nothing was run",
                 file=str(self.path),
                 line=line,
             ) from None
-        return [Statement(text[s], text[: s.start].count("\n") + 1) for s in slices]
 
-    def parse_tree(self):
-        import pglast
 
-        return pglast.parse_sql(self.text)
+def _describe(node, sql: str, line: int) -> Statement:
+    from pglast import ast, enums
+    from pglast.visitors import Visitor
+
+    relations: list[str] = []
+
+    class Relations(Visitor):
+        def visit_RangeVar(self, ancestors, rv):  # noqa: N802 (pglast's naming)
+            relations.append(f"{rv.schemaname}.{rv.relname}" if rv.schemaname else rv.relname)
+
+    Relations()(node)
+    concurrent = None
+    if isinstance(node, ast.IndexStmt) and node.concurrent:
+        concurrent = node.idxname or "(unnamed)"
+    elif isinstance(node, ast.DropStmt) and node.concurrent and node.removeType == enums.ObjectType.OBJECT_INDEX:
+        concurrent = ".".join(n.sval for n in node.objects[0])
+    elif isinstance(node, ast.ReindexStmt) and any(
+        getattr(p, "defname", "") == "concurrently" for p in (node.params or ())
+    ):
+        concurrent = node.name or "(reindex)"
+    return Statement(sql, line, type(node).__name__, concurrent, tuple(dict.fromkeys(relations)))
 
 
 @dataclass(frozen=True)
@@ -138,6 +192,9 @@ class Migration:
     @property
     def checksum(self) -> str:
         return self.forward.checksum
+
+    def sql_file(self, action: str) -> SqlFile:
+        return self.forward if action == "apply" else self.rollback
 
     @property
     def required_extensions(self) -> list[str]:

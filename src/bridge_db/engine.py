@@ -7,10 +7,12 @@ one transaction. `rollback()`, `status()` and `verify()` reuse the same pieces.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import psycopg2
@@ -31,10 +33,13 @@ from .errors import (
 from .history import (
     AppliedMigration,
     RunContext,
+    clear_progress,
     ensure_history_tables,
     log_step,
     read_applied,
+    read_progress,
     record_applied,
+    record_progress,
     record_rolled_back,
 )
 
@@ -134,6 +139,8 @@ class Progress:
     def step_finished(self, step: StepResult) -> None: ...
 
     def backing_up(self, folder: Path) -> None: ...
+
+    def retrying(self, migration: Migration, attempt: int, retries: int, delay: float, blockers: list) -> None: ...
 
 
 # --------------------------------------------------------------------------- migrate and rollback
@@ -380,27 +387,187 @@ def _run_plan(
     post_check: Callable | None = None,
 ) -> list[StepResult]:
     """Each migration in its own transaction, or (single) the whole plan, history tables and
-    `post_check` included, in one."""
-    cur = conn.cursor()
+    `post_check` included, in one. A transaction that hits lock_timeout is rolled back and retried
+    with jittered backoff, so a migration never queues behind a long transaction while blocking
+    every query behind itself. Migrations marked no-transaction run statement by statement."""
+    odd = next((m for m in plan if not m.sql_file(action).transactional), None)
+    if single and odd:
+        raise ValidationFailed(
+            f"{odd.sql_file(action).path.name} is marked no-transaction and cannot join a single-transaction run",
+            f"run it on its own: first up to {odd.version - 1 if action == 'apply' else odd.version}, then it",
+        )
+    units = [plan] if single else [[m] for m in plan]
     done: list[StepResult] = []
-    if single:
+    for unit in units:
+        if not unit[0].sql_file(action).transactional:
+            done.append(
+                _run_without_transaction(conn, target, action, unit[0], len(done) + 1, len(plan), progress, run)
+            )
+            continue
+        check = post_check if unit is units[-1] else None
+        done += _with_lock_retries(
+            target,
+            unit[0],
+            partial(_run_unit, conn, target, action, unit, len(done), len(plan), progress, run, check),
+            progress,
+        )
+    return done
+
+
+def _run_without_transaction(
+    conn, target: Target, action: str, migration: Migration, index: int, total: int, progress: Progress, run: RunContext
+) -> StepResult:
+    """A `-- bridge:no-transaction` file: each statement on its own, because CREATE INDEX CONCURRENTLY
+    cannot run inside a transaction. The session advisory lock does not get in its way (it holds no
+    transaction open). After each statement its index is recorded, so a rerun after a crash resumes
+    after the last completed one; an invalid index left by a failed concurrent build is dropped before
+    the build runs again (IF NOT EXISTS would otherwise keep the broken index)."""
+    sql_file = migration.sql_file(action)
+    policy = target.environment.policy
+    cur = conn.cursor()
+    progress.step_started(action, migration, index, total)
+    started_at, t0 = datetime.now(UTC), time.perf_counter()
+    ensure_history_tables(cur)
+    resume_after = read_progress(cur, migration.version, action, sql_file.checksum)
+    cur.execute(
+        "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
+        (f"{policy.lock_timeout_ms}ms", f"{policy.statement_timeout_ms}ms"),
+    )
+    try:
+        for number, statement in enumerate(sql_file.statements):
+            if number <= resume_after:
+                continue
+            _with_lock_retries(
+                target,
+                migration,
+                lambda s=statement: _run_alone(conn, cur, target, action, migration, sql_file, s, run, started_at, t0),
+                progress,
+            )
+            record_progress(cur, migration.version, action, sql_file.checksum, number)
+        elapsed = _ms_since(t0)
         cur.execute("BEGIN")
+        if action == "apply":
+            record_applied(cur, migration.version, migration.name, migration.checksum, elapsed)
+        else:
+            record_rolled_back(cur, migration.version)
+        clear_progress(cur, migration.version)
+        log_step(
+            cur,
+            run,
+            action,
+            migration.version,
+            migration.name,
+            migration.checksum,
+            success=True,
+            started_at=started_at,
+            execution_ms=elapsed,
+        )
+        cur.execute("COMMIT")
+    finally:
+        if not conn.closed:
+            cur.execute("RESET lock_timeout; RESET statement_timeout")
+    step = StepResult(action, migration.version, migration.name, sql_file.path.name, elapsed)
+    progress.step_finished(step)
+    return step
+
+
+def _run_alone(conn, cur, target, action, migration, sql_file, statement, run, started_at, t0) -> None:
+    if statement.concurrent_index and statement.kind == "IndexStmt":
+        cur.execute(
+            "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (statement.concurrent_index,)
+        )
+        row = cur.fetchone()
+        if row and row[0]:
+            cur.execute(
+                psycopg2.sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                    psycopg2.sql.Identifier(*statement.concurrent_index.split("."))
+                )
+            )
+    try:
+        cur.execute(statement.sql)
+    except psycopg2.Error as exc:
+        raise _step_failed(conn, target, action, migration, sql_file, statement, exc, run, started_at, t0) from None
+
+
+def _run_unit(conn, target, action, unit, offset, total, progress, run, post_check) -> list[StepResult]:
+    """One transaction: BEGIN, timeouts, the unit's migrations and history rows, checks, COMMIT."""
+    cur = conn.cursor()
+    policy = target.environment.policy
+    cur.execute("BEGIN")
+    cur.execute(
+        "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+        (f"{policy.lock_timeout_ms}ms", f"{policy.statement_timeout_ms}ms"),
+    )
     if action == "apply":
         ensure_history_tables(cur)
-    for index, migration in enumerate(plan, start=1):
-        progress.step_started(action, migration, index, len(plan))
-        if not single:
-            cur.execute("BEGIN")
-        step = _run_step(conn, cur, target, action, migration, run)
-        if not single:
-            cur.execute("COMMIT")
-        done.append(step)
+    steps = []
+    for index, migration in enumerate(unit, start=offset + 1):
+        progress.step_started(action, migration, index, total)
+        steps.append(_run_step(conn, cur, target, action, migration, run))
+    if post_check:
+        _check_or_fail(conn, cur, target, action, unit[-1], run, post_check)
+    _commit_or_fail(conn, cur, target, action, unit[-1], run)
+    for step in steps:
         progress.step_finished(step)
-    if single:
-        if post_check:
-            _check_or_fail(conn, cur, target, action, plan[-1], run, post_check)
-        _commit_or_fail(conn, cur, target, action, plan[-1], run)
-    return done
+    return steps
+
+
+def _with_lock_retries(target: Target, migration: Migration, attempt_once, progress: Progress):
+    """Run attempt_once(); when it hits lock_timeout, wait (jittered, exponential) and run it again."""
+    policy = target.environment.policy
+    for attempt in range(policy.lock_retries + 1):
+        try:
+            return attempt_once()
+        except LockBlocked as blocked:
+            if attempt == policy.lock_retries:
+                who = "; ".join(_describe_blocker(b) for b in blocked.blockers) or "no session holds it any more"
+                raise MigrationFailed(
+                    f"{blocked.file}:{blocked.line}: could not get a lock within {policy.lock_timeout_ms} ms, "
+                    f"{policy.lock_retries + 1} attempts; blocking: {who}",
+                    "wait for those sessions to finish (or end them with pg_terminate_backend) and run again; "
+                    "nothing from this migration was applied",
+                    blockers=blocked.blockers,
+                    version=migration.version,
+                ) from None
+            delay = min(30.0, policy.retry_backoff_ms / 1000 * 2**attempt) * random.uniform(0.5, 1.5)
+            progress.retrying(migration, attempt + 1, policy.lock_retries, delay, blocked.blockers)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+class LockBlocked(Exception):
+    """A statement hit lock_timeout; its transaction was rolled back and may be retried."""
+
+    def __init__(self, file: str, line: int | None, blockers: list[dict]) -> None:
+        super().__init__(file)
+        self.file, self.line, self.blockers = file, line, blockers
+
+
+def blockers_of(conn, relations: tuple[str, ...]) -> list[dict]:
+    """Other sessions holding locks on the tables a statement names: who a migration waited for."""
+    if not relations:
+        return []
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            SELECT DISTINCT a.pid, a.usename, a.application_name, a.state,
+                   extract(epoch FROM now() - a.xact_start)::int, left(a.query, 120), l.mode
+              FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+             WHERE l.granted AND l.locktype = 'relation' AND a.pid <> pg_backend_pid()
+               AND l.relation = ANY (SELECT to_regclass(r) FROM unnest(%s::text[]) r)
+             ORDER BY 5 DESC NULLS LAST
+            """,
+            (list(relations),),
+        )
+        keys = ("pid", "user", "application", "state", "transaction_seconds", "query", "mode")
+        return [dict(zip(keys, row)) for row in cur.fetchall()]
+
+
+def _describe_blocker(b: dict) -> str:
+    return (
+        f"pid {b['pid']} ({b['user']}, {b['application'] or 'no app'}, {b['state']}, "
+        f"transaction open {b['transaction_seconds']}s, holds {b['mode']})"
+    )
 
 
 def _run_step(conn, cur, target: Target, action: str, migration: Migration, run: RunContext) -> StepResult:
@@ -506,6 +673,8 @@ def _step_failed(conn, target, action, migration, sql_file: SqlFile, statement, 
     if conn.closed:
         return lost_connection(target, exc)
     _rollback_quietly(conn)
+    if isinstance(exc, psycopg2.errors.LockNotAvailable) and statement is not None:
+        return LockBlocked(sql_file.path.name, statement.line, blockers_of(conn, statement.relations))
     error = (getattr(exc, "pgerror", None) or str(exc)).strip()
     first_line = error.splitlines()[0] if error else type(exc).__name__
     for prefix in ("ERROR:  ", "FATAL:  "):

@@ -15,7 +15,8 @@ from . import __version__
 
 HISTORY_TABLE = "schema_migrations"
 LOG_TABLE = "schema_migrations_log"
-ENGINE_TABLES = (HISTORY_TABLE, LOG_TABLE)
+PROGRESS_TABLE = "schema_migrations_progress"
+ENGINE_TABLES = (HISTORY_TABLE, LOG_TABLE, PROGRESS_TABLE)
 
 BOOTSTRAP_SQL = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -48,6 +49,15 @@ CREATE TABLE IF NOT EXISTS schema_migrations_log (
 );
 COMMENT ON TABLE schema_migrations_log IS
     'Every apply and rollback attempt by bridge-db, failed ones included (their changes were rolled back).';
+CREATE TABLE IF NOT EXISTS schema_migrations_progress (
+    version          integer     PRIMARY KEY,
+    action           text        NOT NULL,
+    checksum         char(64)    NOT NULL,
+    statement_index  integer     NOT NULL,
+    completed_at     timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE schema_migrations_progress IS
+    'Statements completed by a no-transaction migration that has not finished: a rerun resumes after them.';
 -- History is written by migrations only: default privileges may have granted other roles more than
 -- SELECT on these new tables (see privileges.py); take it back at once.
 DO $$
@@ -56,7 +66,8 @@ BEGIN
     FOR grant_row IN
         SELECT DISTINCT c.relname, a.grantee::regrole::text AS grantee
           FROM pg_class c, aclexplode(c.relacl) a
-         WHERE c.oid IN ('schema_migrations'::regclass, 'schema_migrations_log'::regclass)
+         WHERE c.oid IN ('schema_migrations'::regclass, 'schema_migrations_log'::regclass,
+                         'schema_migrations_progress'::regclass)
            AND a.grantee NOT IN (0, c.relowner) AND a.privilege_type <> 'SELECT'
     LOOP
         EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON %I FROM %s',
@@ -103,8 +114,33 @@ def history_exists(cur) -> bool:
 
 
 def ensure_history_tables(cur) -> None:
-    if not history_exists(cur):
+    """Create whichever engine table is missing (every statement of the bootstrap is idempotent)."""
+    cur.execute("SELECT bool_and(to_regclass(t) IS NOT NULL) FROM unnest(%s::text[]) t", (list(ENGINE_TABLES),))
+    if not cur.fetchone()[0]:
         cur.execute(BOOTSTRAP_SQL)
+
+
+def read_progress(cur, version: int, action: str, checksum: str) -> int:
+    """Index of the last completed statement of an unfinished no-transaction run, or -1."""
+    cur.execute(
+        "SELECT statement_index FROM schema_migrations_progress WHERE version = %s AND action = %s AND checksum = %s",
+        (version, action, checksum),
+    )
+    row = cur.fetchone()
+    return row[0] if row else -1
+
+
+def record_progress(cur, version: int, action: str, checksum: str, index: int) -> None:
+    cur.execute(
+        "INSERT INTO schema_migrations_progress (version, action, checksum, statement_index) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (version) DO UPDATE SET action = EXCLUDED.action, checksum = EXCLUDED.checksum, "
+        "statement_index = EXCLUDED.statement_index, completed_at = now()",
+        (version, action, checksum, index),
+    )
+
+
+def clear_progress(cur, version: int) -> None:
+    cur.execute("DELETE FROM schema_migrations_progress WHERE version = %s", (version,))
 
 
 def read_applied(cur) -> dict[int, AppliedMigration]:
