@@ -105,8 +105,12 @@ def test_operations_work_on_the_embedded_dev_database(project):
     assert out.returncode == 0 and json.loads(out.stdout)["not_preloaded"] == []  # preloaded by db up
     suffix = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     config = project / "environments.toml"
-    config.write_text(config.read_text().replace(
-        "allow_reset = true", f'allow_reset = true\napp_role = "emb_app_{suffix}"\nreadonly_role = "emb_ro_{suffix}"'))
+    config.write_text(
+        config.read_text().replace(
+            "allow_reset = true",
+            f'allow_reset = true\napp_role = "emb_app_{suffix}"\nreadonly_role = "emb_ro_{suffix}"',
+        )
+    )
     out = run_cli("grant", "--json", cwd=project)
     assert out.returncode == 0 and json.loads(out.stdout)["changed"], out.stderr
     assert json.loads(run_cli("grant", "--json", cwd=project).stdout)["changed"] is False

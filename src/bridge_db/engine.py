@@ -673,8 +673,6 @@ def _step_failed(conn, target, action, migration, sql_file: SqlFile, statement, 
     if conn.closed:
         return lost_connection(target, exc)
     _rollback_quietly(conn)
-    if isinstance(exc, psycopg2.errors.LockNotAvailable) and statement is not None:
-        return LockBlocked(sql_file.path.name, statement.line, blockers_of(conn, statement.relations))
     error = (getattr(exc, "pgerror", None) or str(exc)).strip()
     first_line = error.splitlines()[0] if error else type(exc).__name__
     for prefix in ("ERROR:  ", "FATAL:  "):
@@ -703,6 +701,8 @@ def _step_failed(conn, target, action, migration, sql_file: SqlFile, statement, 
             cur.execute("COMMIT")
     except psycopg2.Error:
         _rollback_quietly(conn)
+    if isinstance(exc, psycopg2.errors.LockNotAvailable) and statement is not None:
+        return LockBlocked(sql_file.path.name, statement.line, blockers_of(conn, statement.relations))
     where = f"{sql_file.path.name}:{line}" if line else sql_file.path.name
     return MigrationFailed(
         f"{where}: {first_line} (sqlstate {getattr(exc, 'pgcode', None) or '?'})",
