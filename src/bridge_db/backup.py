@@ -122,6 +122,10 @@ def _run_tool(cmd: list[str], env: dict[str, str], what: str, timeout: float | N
     if result.returncode != 0:
         lines = [ln for ln in (result.stderr or result.stdout).strip().splitlines() if ln.strip()]
         detail = lines[-1] if lines else f"exit {result.returncode}"
+        if result.returncode < 0:  # killed: SIGXFSZ is a file-size limit, SIGKILL an operator or the OOM killer
+            import signal
+
+            detail = f"killed by {signal.Signals(-result.returncode).name}" + (f" ({detail})" if lines else "")
         raise BackupFailed(f"{what} failed: {detail}", "nothing was kept; fix the cause above and run again")
     return result.stdout
 
