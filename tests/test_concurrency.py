@@ -94,3 +94,81 @@ def test_the_lock_is_released_after_a_failed_run(db, migrations_copy):
     ) == [(0,)]
     out = run_cli("migrate", "--dsn", db.dsn, "--lock-wait", "0", "--to", "6", "--migrations-dir", str(migrations_copy))
     assert out.returncode == 0, out.stderr
+
+
+def test_mixed_front_ends_race_and_each_migration_is_applied_once(db, migrations_copy, tmp_path):
+    """Eight runners at once through the three front-ends: CLI, Invoke and Ansible."""
+    import json
+    import os
+
+    _slow_migration(migrations_copy)
+    config = tmp_path / "environments.toml"  # every front-end reads this one file, as in production
+    config.write_text(f'[defaults]\nmigrations_dir = "{migrations_copy}"\n[environments.dev]\ndatabase = "{db.name}"\n')
+    inventory = tmp_path / "bridge.yml"
+    inventory.write_text(f"plugin: omninode.bridge.environments\nproject_dir: {ROOT}\nconfig: {config}\ngroup: dev\n")
+    env = {
+        **os.environ,
+        "BRIDGE_DB_DSN": db.dsn,
+        "BRIDGE_DB_CONFIG": str(config),
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+    }
+    env.pop("BRIDGE_DB_ENV", None)
+    bin_dir = os.path.dirname(sys.executable)
+    local = json.dumps({"ansible_connection": "local", "ansible_python_interpreter": sys.executable})
+    commands = [[sys.executable, "-m", "bridge_db", "migrate", "--lock-wait", "90"]] * 3
+    commands += [[os.path.join(bin_dir, "invoke"), "migrate", "--lock-wait", "90"]] * 3
+    commands += [
+        [os.path.join(bin_dir, "ansible-playbook"), "-i", str(inventory), "-e", local, "playbooks/dev_migrate.yml"]
+    ] * 2
+    runners = [
+        subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
+    results = [(r.wait(timeout=300), r.stdout.read(), r.stderr.read()) for r in runners]
+    for code, out, err in results:
+        assert code == 0, out + err
+    assert db.query(
+        "SELECT version, count(*) FROM schema_migrations_log WHERE success AND action = 'apply' "
+        "GROUP BY version ORDER BY version"
+    ) == [(v, 1) for v in range(1, 8)]
+    assert [r[0] for r in db.query("SELECT version FROM schema_migrations ORDER BY 1")] == list(range(1, 8))
+
+
+def test_rollback_racing_migrate_keeps_history_consistent(db):
+    base = [sys.executable, "-m", "bridge_db"]
+    assert subprocess.run([*base, "migrate", "--dsn", db.dsn], cwd=ROOT).returncode == 0
+    for _ in range(3):
+        racers = [
+            subprocess.Popen(
+                [*base, "rollback", "--steps", "3", "--dsn", db.dsn, "--lock-wait", "60"],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            ),
+            subprocess.Popen(
+                [*base, "migrate", "--dsn", db.dsn, "--lock-wait", "60"],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            ),
+        ]
+        assert [r.wait(timeout=120) for r in racers] == [0, 0]
+    applied = [r[0] for r in db.query("SELECT version FROM schema_migrations ORDER BY 1")]
+    assert applied == list(range(1, len(applied) + 1))  # a prefix, never a hole
+    last_action = dict(
+        db.query(
+            "SELECT DISTINCT ON (version) version, action FROM schema_migrations_log WHERE success "
+            "ORDER BY version, id DESC"
+        )
+    )
+    assert sorted(v for v, a in last_action.items() if a == "apply") == applied  # history agrees with the log
+    tables = {r[0] for r in db.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    expected = {
+        1: "workflow_executions",
+        2: "workflow_steps",
+        3: "fsm_transitions",
+        4: "bridge_states",
+        5: "node_registrations",
+        6: "metadata_stamps",
+    }
+    assert {t for v, t in expected.items() if v in applied} == tables & set(expected.values())
