@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("new", parents=[common], help="scaffold the next numbered migration pair")
     p.add_argument("name", help="description in lower_snake_case, e.g. add_index_workflow_steps_status")
 
+    p = verbs.add_parser(
+        "lint", parents=[common], help="lint migrations: squawk (locking) plus the project's rules (exit 5 on findings)"
+    )
+    p.add_argument("--no-squawk", action="store_true", help="only the project's own rules")
+
     p = verbs.add_parser("reset", parents=[common], help="dev only: drop and recreate schema public, then migrate")
     p.add_argument("--lock-wait", type=float, default=None, metavar="SECONDS")
 
@@ -687,6 +692,24 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def cmd_lint(args) -> int:
+    from .config import load_config
+    from .discovery import discover_migrations
+    from .lint import lint_migrations
+
+    config = load_config(args.config)
+    folder = Path(args.migrations_dir) if args.migrations_dir else config.migrations_dir
+    migrations = discover_migrations(folder)
+    findings = lint_migrations(migrations, use_squawk=not args.no_squawk)
+    if args.json:
+        print(json.dumps({"migrations": len(migrations), "findings": [f.__dict__ for f in findings]}))
+    else:
+        for finding in findings:
+            print(finding)
+        print(f"lint: {len(migrations)} migration pair(s), {len(findings)} finding(s)")
+    return 5 if findings else 0
+
+
 COMMANDS = {
     "migrate": cmd_migrate,
     "rollback": cmd_rollback,
@@ -694,6 +717,7 @@ COMMANDS = {
     "verify": cmd_verify,
     "new": cmd_new,
     "reset": cmd_reset,
+    "lint": cmd_lint,
     "setup-extensions": cmd_setup_extensions,
     "grant": cmd_grant,
     "stats": cmd_stats,
