@@ -202,3 +202,21 @@ def test_stats_with_pg_stat_statements_on_the_embedded_cluster_style_server(db, 
     report = collect_stats(db.target(), top=5)
     assert report.queries is not None and len(report.queries) <= 5
     assert {"query", "calls", "mean_ms", "max_ms", "total_ms"} <= set(report.queries[0])
+
+
+def test_the_migration_user_needs_no_superuser(db, migrations):
+    """Extensions come from the admin; the migrator only needs CONNECT and CREATE on schema public."""
+    migrator = f"bridge_migrator_{uuid.uuid4().hex[:8]}"
+    db.query(f"CREATE ROLE {migrator} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
+    db.query(f"GRANT CONNECT ON DATABASE {db.name} TO {migrator}")
+    db.query(f"GRANT USAGE, CREATE ON SCHEMA public TO {migrator}")
+    try:
+        target = make_target(db.dsn + f" options='-c role={migrator}'")
+        assert engine.migrate(target, migrations).head_after == 6
+        assert db.query("SELECT DISTINCT applied_by FROM schema_migrations") == [(migrator,)]
+        assert db.query("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (migrator,)) == [(False,)]
+        assert engine.verify(target, migrations).ok
+        assert engine.rollback(target, migrations, to_version=0).head_after is None
+    finally:
+        db.query(f"DROP OWNED BY {migrator}")
+        db.query(f"DROP ROLE {migrator}")
