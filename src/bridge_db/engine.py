@@ -446,22 +446,8 @@ def _run_without_transaction(
             record_progress(cur, migration.version, action, sql_file.checksum, number)
         elapsed = _ms_since(t0)
         cur.execute("BEGIN")
-        if action == "apply":
-            record_applied(cur, migration.version, migration.name, migration.checksum, elapsed)
-        else:
-            record_rolled_back(cur, migration.version)
+        _record_done(cur, run, action, migration, started_at, elapsed)
         clear_progress(cur, migration.version)
-        log_step(
-            cur,
-            run,
-            action,
-            migration.version,
-            migration.name,
-            migration.checksum,
-            success=True,
-            started_at=started_at,
-            execution_ms=elapsed,
-        )
         cur.execute("COMMIT")
     finally:
         if not conn.closed:
@@ -585,21 +571,7 @@ def _run_step(conn, cur, target: Target, action: str, migration: Migration, run:
         for statement in sql_file.statements:
             cur.execute(statement.sql)
         elapsed = _ms_since(t0)
-        if action == "apply":
-            record_applied(cur, migration.version, migration.name, migration.checksum, elapsed)
-        else:
-            record_rolled_back(cur, migration.version)
-        log_step(
-            cur,
-            run,
-            action,
-            migration.version,
-            migration.name,
-            migration.checksum,
-            success=True,
-            started_at=started_at,
-            execution_ms=elapsed,
-        )
+        _record_done(cur, run, action, migration, started_at, elapsed)
     except psycopg2.Error as exc:
         raise _step_failed(conn, target, action, migration, sql_file, statement, exc, run, started_at, t0) from None
     except BaseException:  # Ctrl-C or a bug: never leave the transaction open
@@ -607,6 +579,25 @@ def _run_step(conn, cur, target: Target, action: str, migration: Migration, run:
         raise
     skipped = sum(1 for n in conn.notices[notices_before:] if "already exists, skipping" in n)
     return StepResult(action, migration.version, migration.name, sql_file.path.name, elapsed, skipped)
+
+
+def _record_done(cur, run: RunContext, action: str, migration: Migration, started_at, elapsed: int) -> None:
+    """The history row (added or removed) and the success log row, in the caller's transaction."""
+    if action == "apply":
+        record_applied(cur, migration.version, migration.name, migration.checksum, elapsed)
+    else:
+        record_rolled_back(cur, migration.version)
+    log_step(
+        cur,
+        run,
+        action,
+        migration.version,
+        migration.name,
+        migration.checksum,
+        success=True,
+        started_at=started_at,
+        execution_ms=elapsed,
+    )
 
 
 def _check_or_fail(conn, cur, target: Target, action: str, last: Migration, run: RunContext, check) -> None:

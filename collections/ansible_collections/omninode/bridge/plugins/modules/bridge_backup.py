@@ -9,13 +9,10 @@ description:
   - pg_dump into the environment's backup folder, read back with pg_restore --list, manifest beside it.
   - Check mode reports that a backup would be taken and takes none.
 options:
-  project_dir: {description: The project checkout., type: path, required: true}
-  config: {description: Another environments file., type: path}
-  environment: {description: Environment name in environments.toml., type: str, required: true}
-  dsn: {description: libpq connection string overriding the environment's connection., type: str}
   backup_dir: {description: Folder for the dump (default backup_dir of the environment)., type: path}
   verify_restore: {description: Also restore into a scratch database and compare row counts., type: bool, default: false}
   prune: {description: Apply the environment's retention afterwards., type: bool, default: false}
+extends_documentation_fragment: [omninode.bridge.bridge]
 author: OmniNode Bridge database operations team
 """
 

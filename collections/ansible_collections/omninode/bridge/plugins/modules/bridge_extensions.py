@@ -10,12 +10,9 @@ description:
   - With I(preload=true), adds pg_stat_statements to shared_preload_libraries with ALTER SYSTEM and
     reports I(restart_required) until the server has been restarted.
 options:
-  project_dir: {description: The project checkout., type: path, required: true}
-  config: {description: Another environments file., type: path}
-  environment: {description: Environment name in environments.toml., type: str, required: true}
-  dsn: {description: libpq connection string overriding the environment's connection., type: str}
   admin_dsn: {description: Superuser connection (default the environment's admin_user)., type: str}
   preload: {description: Manage shared_preload_libraries on this server., type: bool, default: false}
+extends_documentation_fragment: [omninode.bridge.bridge]
 author: OmniNode Bridge database operations team
 """
 

@@ -11,10 +11,6 @@ description:
     in one transaction and needs I(confirm=true).
   - Check mode plans and changes nothing; with --diff the pending SQL is shown.
 options:
-  project_dir: {description: The project checkout (environments.toml, migrations/, src/)., type: path, required: true}
-  config: {description: Another environments file., type: path}
-  environment: {description: Environment name in environments.toml., type: str, required: true}
-  dsn: {description: libpq connection string overriding the environment's connection., type: str}
   state:
     description: C(migrated) applies pending migrations (up to I(to)); C(rolled_back) undoes them.
     type: str
@@ -24,6 +20,7 @@ options:
   steps: {description: How many migrations to roll back (state=rolled_back)., type: int}
   confirm: {description: Confirms a run the environment's policy asks about (production)., type: bool, default: false}
   lock_wait: {description: Seconds to wait for another runner's lock., type: float}
+extends_documentation_fragment: [omninode.bridge.bridge]
 author: OmniNode Bridge database operations team
 """
 

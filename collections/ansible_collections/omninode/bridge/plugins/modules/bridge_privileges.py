@@ -10,11 +10,8 @@ description:
     including default privileges for tables later migrations create.
   - Check mode lists the statements and changes nothing; --diff shows them.
 options:
-  project_dir: {description: The project checkout., type: path, required: true}
-  config: {description: Another environments file., type: path}
-  environment: {description: Environment name in environments.toml., type: str, required: true}
-  dsn: {description: libpq connection string overriding the environment's connection., type: str}
   admin_dsn: {description: Superuser connection (default the environment's admin_user)., type: str}
+extends_documentation_fragment: [omninode.bridge.bridge]
 author: OmniNode Bridge database operations team
 """
 

@@ -10,14 +10,11 @@ description:
     and compares row counts; with I(overwrite=true) and I(confirm=true) replaces the environment's
     database, keeping the old one renamed.
 options:
-  project_dir: {description: The project checkout., type: path, required: true}
-  config: {description: Another environments file., type: path}
-  environment: {description: Environment name in environments.toml., type: str, required: true}
-  dsn: {description: libpq connection string overriding the environment's connection., type: str}
   file: {description: The dump to restore., type: path, required: true}
   target_db: {description: Database to create (default <db>_restore_<time>)., type: str}
   overwrite: {description: Replace the environment's database., type: bool, default: false}
   confirm: {description: Confirms an overwrite., type: bool, default: false}
+extends_documentation_fragment: [omninode.bridge.bridge]
 author: OmniNode Bridge database operations team
 """
 
