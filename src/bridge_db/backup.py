@@ -149,11 +149,6 @@ class BackupResult:
         }
 
 
-def backup_folder(project_root: Path, target: Target) -> Path:
-    folder = Path(target.environment.policy.backup_dir.format(env=target.environment.name))
-    return folder if folder.is_absolute() else project_root / folder
-
-
 def take_backup(
     target: Target,
     folder: Path,

@@ -548,9 +548,7 @@ def cmd_stats(args) -> int:
 
 
 def _backup_dir(config, target, args) -> Path:
-    from .backup import backup_folder
-
-    return Path(args.backup_dir) if getattr(args, "backup_dir", None) else backup_folder(config.project_root, target)
+    return Path(args.backup_dir) if getattr(args, "backup_dir", None) else config.backup_folder(target.environment)
 
 
 def cmd_backup(args) -> int:

@@ -68,6 +68,11 @@ class Config:
     migrations_dir: Path
     environments: dict[str, Environment] = field(default_factory=dict)
 
+    def backup_folder(self, environment: Environment) -> Path:
+        """backup_dir with {env} filled in, relative to the project root unless absolute."""
+        folder = Path(environment.policy.backup_dir.format(env=environment.name))
+        return folder if folder.is_absolute() else self.project_root / folder
+
     def environment(self, name: str) -> Environment:
         if not ENV_NAME_RE.match(name or ""):
             raise UsageError(

@@ -44,12 +44,11 @@ def main():
         from dataclasses import asdict
         from pathlib import Path
 
-        from bridge_db.backup import backup_folder, prune, take_backup
+        from bridge_db.backup import prune, take_backup
         from bridge_db.connection import admin_target
 
         config, target, _ = engine(module)
-        folder = Path(module.params["backup_dir"]) if module.params["backup_dir"] else backup_folder(
-            config.project_root, target)
+        folder = Path(module.params["backup_dir"]) if module.params["backup_dir"] else config.backup_folder(target.environment)
         if module.check_mode:
             return dict(changed=True, path=None, folder=str(folder))
         result = take_backup(target, folder, verify_restore=module.params["verify_restore"],

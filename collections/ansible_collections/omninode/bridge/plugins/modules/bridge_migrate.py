@@ -57,12 +57,11 @@ def main():
 
     def body():
         from bridge_db import engine as bridge_engine
-        from bridge_db.backup import backup_folder
 
         config, target, migrations = engine(module)
         p = module.params
         common = dict(dry_run=module.check_mode, lock_wait=p["lock_wait"], confirm=lambda question: p["confirm"],
-                      backup_dir=backup_folder(config.project_root, target))
+                      backup_dir=config.backup_folder(target.environment))
         if p["state"] == "migrated":
             result = bridge_engine.migrate(target, migrations, to_version=p["to"], **common)
         else:
