@@ -273,6 +273,21 @@ BIN = Path(sys.executable).parent
 TOOLS_ENV = {"PATH": f"{BIN}:{os.environ.get('PATH', '')}", "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
 
 
+@task(
+    help={
+        "runs": "interleaved rounds of the tool comparison (default 10)",
+        "backup_runs": "runs of the 1 GB backup comparison (default 3)",
+    }
+)
+def bench(c, runs=10, backup_runs=3):
+    """All benchmarks against dbmate, yoyo, Alembic, Sqitch and psql; writes docs/benchmarks.md and .png."""
+    c.run(
+        f"{sys.executable} {ROOT / 'benchmarks' / 'run_all.py'} --runs {runs} --backup-runs {backup_runs}",
+        pty=False,
+        env=TOOLS_ENV,
+    )
+
+
 @task(help={"args": 'extra pytest arguments, e.g. "-k concurrency -x"', "molecule": "also run the Molecule scenarios"})
 def test(c, args="", molecule=True):
     """The whole test suite: pytest against real PostgreSQL, then the Molecule scenarios (see README: Tests)."""
@@ -314,6 +329,7 @@ ns = Collection(
     prune,
     restore,
     deploy,
+    bench,
     molecule_,
     test,
     lint,

@@ -85,16 +85,32 @@ def main() -> None:
             record("backup custom: pg_dump -Fc", timed([str(pg_dump), "-Fc", "-f", str(plain_fc)], env))
             sizes["custom"] = plain_fc.stat().st_size
             out = work / f"ours-{run}"
-            record("backup custom: bridge-db backup",
-                   timed([BRIDGE_DB, "backup", "--dsn", dsn, "--backup-dir", str(out)]))
+            record(
+                "backup custom: bridge-db backup", timed([BRIDGE_DB, "backup", "--dsn", dsn, "--backup-dir", str(out)])
+            )
             ours_dump = next(out.glob("*.dump"))
 
             plain_fd = work / f"plain-{run}.dir"
-            record("backup directory -j2: pg_dump -Fd -j2",
-                   timed([str(pg_dump), "-Fd", "-j2", "-f", str(plain_fd)], env))
-            record("backup directory -j2: bridge-db backup",
-                   timed([BRIDGE_DB, "backup", "--dsn", dsn, "--backup-dir", str(work / f"ours-dir-{run}"),
-                          "--format", "directory", "--jobs", "2"]))
+            record(
+                "backup directory -j2: pg_dump -Fd -j2", timed([str(pg_dump), "-Fd", "-j2", "-f", str(plain_fd)], env)
+            )
+            record(
+                "backup directory -j2: bridge-db backup",
+                timed(
+                    [
+                        BRIDGE_DB,
+                        "backup",
+                        "--dsn",
+                        dsn,
+                        "--backup-dir",
+                        str(work / f"ours-dir-{run}"),
+                        "--format",
+                        "directory",
+                        "--jobs",
+                        "2",
+                    ]
+                ),
+            )
             shutil.rmtree(plain_fd)
             shutil.rmtree(work / f"ours-dir-{run}")
 
@@ -103,15 +119,22 @@ def main() -> None:
             started = time.perf_counter()
             with admin.cursor() as cur:
                 cur.execute(f'CREATE DATABASE "{target}" TEMPLATE template0')
-            subprocess.run([str(pg_restore), "-j2", "-d", target, str(plain_fc)], check=True,
-                           env={**env, "PGDATABASE": target}, stderr=subprocess.PIPE)
+            subprocess.run(
+                [str(pg_restore), "-j2", "-d", target, str(plain_fc)],
+                check=True,
+                env={**env, "PGDATABASE": target},
+                stderr=subprocess.PIPE,
+            )
             record("restore -j2: createdb + pg_restore -j2", time.perf_counter() - started)
             drop(target)
             target = f"bench_restore_ours_{run}"
             drop(target)
-            record("restore -j2: bridge-db restore",
-                   timed([BRIDGE_DB, "restore", "--dsn", dsn, "--file", str(ours_dump), "--target-db", target,
-                          "--jobs", "2"]))
+            record(
+                "restore -j2: bridge-db restore",
+                timed(
+                    [BRIDGE_DB, "restore", "--dsn", dsn, "--file", str(ours_dump), "--target-db", target, "--jobs", "2"]
+                ),
+            )
             drop(target)
             plain_fc.unlink()
             shutil.rmtree(out)
@@ -121,16 +144,24 @@ def main() -> None:
 
     mb = db_bytes / 1e6
     results = {
-        name: {"median_s": round(statistics.median(s), 2), "mb_per_s": round(mb / statistics.median(s), 1),
-               "runs": len(s)}
+        name: {
+            "median_s": round(statistics.median(s), 2),
+            "mb_per_s": round(mb / statistics.median(s), 1),
+            "runs": len(s),
+        }
         for name, s in samples.items()
     }
     if args.json:
-        print(json.dumps({"database_mb": round(mb), "dump_mb": round(sizes["custom"] / 1e6), "results": results},
-                         indent=2))
+        print(
+            json.dumps(
+                {"database_mb": round(mb), "dump_mb": round(sizes["custom"] / 1e6), "results": results}, indent=2
+            )
+        )
         return
-    print(f"database {mb:.0f} MB (pg_database_size), custom dump {sizes['custom'] / 1e6:.0f} MB, "
-          f"median of {args.runs} interleaved runs")
+    print(
+        f"database {mb:.0f} MB (pg_database_size), custom dump {sizes['custom'] / 1e6:.0f} MB, "
+        f"median of {args.runs} interleaved runs"
+    )
     for name, r in results.items():
         print(f"  {name:<42} {r['median_s']:7.2f} s  {r['mb_per_s']:7.1f} MB/s")
 

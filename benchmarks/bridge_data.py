@@ -102,8 +102,9 @@ def generate(admin_dsn: str, database: str, size_gb: float, batch: int = 50_000)
             done += batch
             cur.execute("SELECT pg_database_size(current_database())")
             size = cur.fetchone()[0]
-            print(f"  {done} workflows, {size / 1024**3:.2f} GiB ({time.perf_counter() - started:.0f}s)",
-                  file=sys.stderr)
+            print(
+                f"  {done} workflows, {size / 1024**3:.2f} GiB ({time.perf_counter() - started:.0f}s)", file=sys.stderr
+            )
         cur.execute(
             "INSERT INTO bridge_states (namespace, current_fsm_state, total_workflows_processed, aggregation_metadata) "
             "SELECT 'omninode.tenant' || g, 'idle', g * 100, jsonb_build_object('window', '1h') "

@@ -56,8 +56,12 @@ def main() -> None:
                 samples[name].append(elapsed)
 
     results = {
-        name: {"median_ms": round(statistics.median(s), 1), "min_ms": round(min(s), 1), "max_ms": round(max(s), 1),
-               "runs": len(s)}
+        name: {
+            "median_ms": round(statistics.median(s), 1),
+            "min_ms": round(min(s), 1),
+            "max_ms": round(max(s), 1),
+            "runs": len(s),
+        }
         for name, s in samples.items()
     }
     if args.json:

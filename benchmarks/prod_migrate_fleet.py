@@ -51,9 +51,19 @@ def fleet_config(folder: Path, hosts: int, first_port: int) -> Path:
 def run_playbook(inventory: Path, group_vars: Path) -> float:
     started = time.perf_counter()
     subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(inventory), "-e", f"@{group_vars}", "-e",
-         "bridge_confirm_production=true", str(ROOT / "playbooks" / "prod_migrate.yml")],
-        check=True, stdout=subprocess.DEVNULL, env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            str(inventory),
+            "-e",
+            f"@{group_vars}",
+            "-e",
+            "bridge_confirm_production=true",
+            str(ROOT / "playbooks" / "prod_migrate.yml"),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
     )
     return time.perf_counter() - started
 
@@ -65,8 +75,9 @@ def measure(hosts: int, first_port: int) -> dict:
     config = load_config(config_path)
     clusters = [resolve_target(config, name).embedded for name in config.environments]
     inventory = folder / "bridge.yml"
-    inventory.write_text(f"plugin: omninode.bridge.environments\nproject_dir: {ROOT}\nconfig: {config_path}\n"
-                         "group: production\n")
+    inventory.write_text(
+        f"plugin: omninode.bridge.environments\nproject_dir: {ROOT}\nconfig: {config_path}\ngroup: production\n"
+    )
     group_vars = folder / "vars.yml"
     group_vars.write_text('ansible_connection: local\nansible_python_interpreter: "{{ ansible_playbook_python }}"\n')
     try:
@@ -79,8 +90,12 @@ def measure(hosts: int, first_port: int) -> dict:
             cluster.down()
             shutil.rmtree(cluster.base_dir, ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
-    return {"hosts": hosts, "first_rollout_s": round(first, 1), "noop_rollout_s": round(noop, 1),
-            "per_host_first_s": round(first / hosts, 2)}
+    return {
+        "hosts": hosts,
+        "first_rollout_s": round(first, 1),
+        "noop_rollout_s": round(noop, 1),
+        "per_host_first_s": round(first / hosts, 2),
+    }
 
 
 def main() -> None:
@@ -95,8 +110,10 @@ def main() -> None:
         return
     print("prod_migrate.yml wall time (real clusters, production policy, one host per batch)")
     for r in results:
-        print(f"  {r['hosts']:>3} host(s): first rollout {r['first_rollout_s']:6.1f} s "
-              f"({r['per_host_first_s']:.2f} s/host), no-op rollout {r['noop_rollout_s']:6.1f} s")
+        print(
+            f"  {r['hosts']:>3} host(s): first rollout {r['first_rollout_s']:6.1f} s "
+            f"({r['per_host_first_s']:.2f} s/host), no-op rollout {r['noop_rollout_s']:6.1f} s"
+        )
 
 
 if __name__ == "__main__":

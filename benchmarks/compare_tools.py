@@ -1,0 +1,238 @@
+"""bridge-db beside the tools people pick instead, on the same six migrations and the same server.
+
+    python benchmarks/compare_tools.py [--runs 10] [--json results.json]
+
+Installs the peers into .bench/ (git-ignored; none of their code is committed): dbmate from npm,
+yoyo-migrations and Alembic from PyPI in a venv of their own, Sqitch from Debian's packages. It writes
+the six Bridge migrations in each tool's own format, then, interleaved, round by round, on a fresh
+database per tool and round, times: a fresh apply of all six, a no-op run (everything applied), and a
+rollback of all six. The seed's psql loop and a single `psql -1` of the six files are the floor.
+Median of --runs after one warm-up round. Peak memory (max RSS) of each tool's runs is recorded too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+import psycopg2.extensions
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / ".bench"
+BIN = Path(sys.executable).parent
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+# --------------------------------------------------------------------------- peers
+
+
+def install_peers() -> dict[str, str]:
+    """What could be installed: name -> executable. A peer that cannot be had is left out, said so."""
+    BENCH.mkdir(exist_ok=True)
+    found = {}
+    if not (BENCH / "npm/node_modules/.bin/dbmate").exists():
+        subprocess.run(
+            ["npm", "install", "--silent", "--prefix", str(BENCH / "npm"), "dbmate@2"], check=False, capture_output=True
+        )
+    # the Go binary itself, as a deploy pipeline would run it, not npm's node launcher around it
+    native = sorted((BENCH / "npm/node_modules/@dbmate").glob("*/bin/dbmate"))
+    if native:
+        found["dbmate"] = str(native[0])
+    if not (BENCH / "py/bin/yoyo").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(BENCH / "py")], check=True)
+        subprocess.run(
+            [str(BENCH / "py/bin/pip"), "install", "-q", "yoyo-migrations", "alembic", "psycopg2-binary"],
+            check=False,
+            capture_output=True,
+        )
+    for tool in ("yoyo", "alembic"):
+        if (BENCH / "py/bin" / tool).exists():
+            found[tool] = str(BENCH / "py/bin" / tool)
+    if not shutil.which("sqitch") and os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "-q", "sqitch", "libdbd-pg-perl"], check=False, capture_output=True)
+    if shutil.which("sqitch"):
+        found["sqitch"] = shutil.which("sqitch")
+    return found
+
+
+def write_projects(migrations) -> Path:
+    """The six migrations in every peer's own layout."""
+    root = BENCH / "projects"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "dbmate").mkdir(parents=True)
+    (root / "yoyo").mkdir()
+    (root / "alembic/versions").mkdir(parents=True)
+    for sub in ("deploy", "revert", "verify"):
+        (root / "sqitch" / sub).mkdir(parents=True)
+    plan = ["%syntax-version=1.0.0", "%project=bridge", ""]
+    previous = None
+    for m in migrations:
+        up, down = m.forward.text, m.rollback.text
+        (root / "dbmate" / f"{20260101000000 + m.version}_{m.name}.sql").write_text(
+            f"-- migrate:up\n{up}\n-- migrate:down\n{down}\n"
+        )
+        (root / "yoyo" / f"{m.version:04d}_{m.name}.sql").write_text(up)
+        (root / "yoyo" / f"{m.version:04d}_{m.name}.rollback.sql").write_text(down)
+        (root / "alembic/versions" / f"v{m.version:03d}.py").write_text(
+            f"from alembic import op\nrevision = 'v{m.version:03d}'\ndown_revision = "
+            f"{repr(previous)}\nbranch_labels = None\ndepends_on = None\n"
+            f"def upgrade():\n    op.execute({up!r})\ndef downgrade():\n    op.execute({down!r})\n"
+        )
+        previous = f"v{m.version:03d}"
+        (root / "sqitch/deploy" / f"{m.label}.sql").write_text(f"BEGIN;\n{up}\nCOMMIT;\n")
+        (root / "sqitch/revert" / f"{m.label}.sql").write_text(f"BEGIN;\n{down}\nCOMMIT;\n")
+        plan.append(f"{m.label} 2026-01-01T00:00:00Z bench <bench@example.invalid> # {m.name}")
+    (root / "sqitch/sqitch.plan").write_text("\n".join(plan) + "\n")
+    (root / "sqitch/sqitch.conf").write_text("[core]\n\tengine = pg\n")
+    (root / "alembic/env.py").write_text(
+        "from alembic import context\nfrom sqlalchemy import create_engine\n"
+        "engine = create_engine(context.config.get_main_option('sqlalchemy.url'))\n"
+        "with engine.connect() as connection:\n"
+        "    context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)\n"
+        "    with context.begin_transaction():\n        context.run_migrations()\n"
+    )
+    (root / "alembic/script.py.mako").write_text("")
+    return root
+
+
+# --------------------------------------------------------------------------- commands per tool
+
+
+def commands(tool: str, exe: str, dsn: str, url: str, projects: Path) -> dict[str, list[list[str]]]:
+    """apply / noop / rollback as lists of commands (a tool that rolls back one at a time gets six)."""
+    files = sorted(p for p in (ROOT / "migrations").glob("0*.sql") if "_rollback_" not in p.name)
+    rollbacks = sorted((ROOT / "migrations").glob("*_rollback_*.sql"), reverse=True)
+    psql = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn]
+    if tool == "bridge-db":
+        cli = [str(BIN / "bridge-db")]
+        return {
+            "apply": [[*cli, "migrate", "--dsn", dsn]],
+            "noop": [[*cli, "migrate", "--dsn", dsn]],
+            "rollback": [[*cli, "rollback", "--to", "0", "--dsn", dsn]],
+        }
+    if tool == "bridge-db (invoke)":
+        inv = [str(BIN / "invoke")]
+        return {
+            "apply": [[*inv, "migrate", "--dsn", dsn]],
+            "noop": [[*inv, "migrate", "--dsn", dsn]],
+            "rollback": [[*inv, "rollback", "--to", "0", "--dsn", dsn]],
+        }
+    if tool == "psql loop (seed)":
+        loop = [[*psql, "-f", str(f)] for f in files]
+        return {"apply": loop, "noop": loop, "rollback": [[*psql, "-f", str(f)] for f in rollbacks]}
+    if tool == "psql -1 (floor)":
+        one = [*psql, "-1", *[a for f in files for a in ("-f", str(f))]]
+        back = [*psql, "-1", *[a for f in rollbacks for a in ("-f", str(f))]]
+        return {"apply": [one], "noop": [one], "rollback": [back]}
+    if tool == "dbmate":
+        base = [exe, "--url", url, "--migrations-dir", str(projects / "dbmate"), "--no-dump-schema"]
+        return {"apply": [[*base, "up"]], "noop": [[*base, "up"]], "rollback": [[*base, "rollback"]] * 6}
+    if tool == "yoyo":
+        base = ["--batch", "--no-config-file", "--database", url, str(projects / "yoyo")]
+        return {
+            "apply": [[exe, "apply", *base]],
+            "noop": [[exe, "apply", *base]],
+            "rollback": [[exe, "rollback", "--all", *base]],
+        }
+    if tool == "alembic":
+        ini = projects / "alembic.ini"
+        sa_url = url.replace("postgresql://", "postgresql+psycopg2://")
+        ini.write_text(f"[alembic]\nscript_location = {projects / 'alembic'}\nsqlalchemy.url = {sa_url}\n")
+        base = [exe, "-c", str(ini)]
+        return {
+            "apply": [[*base, "upgrade", "head"]],
+            "noop": [[*base, "upgrade", "head"]],
+            "rollback": [[*base, "downgrade", "base"]],
+        }
+    if tool == "sqitch":
+        target = "db:" + url.replace("postgresql://", "pg://")
+        base = [exe, "--chdir", str(projects / "sqitch")]
+        return {
+            "apply": [[*base, "deploy", target]],
+            "noop": [[*base, "deploy", target]],
+            "rollback": [[*base, "revert", "-y", target]],
+        }
+    raise ValueError(tool)
+
+
+def timed(cmds: list[list[str]]) -> tuple[float, int]:
+    """Wall ms of running the commands in order, and the peak RSS (kB) among them."""
+    started = time.perf_counter()
+    peak = 0
+    for cmd in cmds:
+        proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)  # this process's own peak RSS, not all children's
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        peak = max(peak, usage.ru_maxrss)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[:3])} failed: {err.decode(errors='replace')[-400:]}")
+    return (time.perf_counter() - started) * 1000, peak
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dsn", default="host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    from bridge_db.discovery import discover_migrations
+
+    peers = install_peers()
+    projects = write_projects(discover_migrations(ROOT / "migrations"))
+    tools = ["bridge-db", "bridge-db (invoke)", "psql loop (seed)", "psql -1 (floor)", *peers]
+    admin = psycopg2.connect(args.dsn)
+    admin.autocommit = True
+    params = psycopg2.extensions.parse_dsn(args.dsn)
+    samples: dict[str, dict[str, list[float]]] = {t: {"apply": [], "noop": [], "rollback": []} for t in tools}
+    peak: dict[str, int] = dict.fromkeys(tools, 0)
+    for round_number in range(args.runs + 1):
+        for tool in tools:
+            name = f"bench_cmp_{tools.index(tool)}"
+            with admin.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                cur.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+            conn = psycopg2.connect(psycopg2.extensions.make_dsn(args.dsn, dbname=name))
+            conn.autocommit = True
+            conn.cursor().execute('CREATE EXTENSION "uuid-ossp"')
+            conn.close()
+            dsn = psycopg2.extensions.make_dsn(args.dsn, dbname=name)
+            url = (
+                f"postgresql://{params.get('user', 'postgres')}@{params.get('host', '127.0.0.1')}:"
+                f"{params.get('port', 5432)}/{name}?sslmode=disable"
+            )
+            cmds = commands(tool, peers.get(tool, ""), dsn, url, projects)
+            for op in ("apply", "noop", "rollback"):
+                ms, rss = timed(cmds[op])
+                if round_number:  # round 0 warms caches up
+                    samples[tool][op].append(ms)
+                    peak[tool] = max(peak[tool], rss)
+    with admin.cursor() as cur:
+        for tool in tools:
+            cur.execute(f'DROP DATABASE IF EXISTS "bench_cmp_{tools.index(tool)}" WITH (FORCE)')
+    results = {
+        t: {op: round(statistics.median(v), 1) for op, v in ops.items()} | {"peak_rss_kb": peak[t]}
+        for t, ops in samples.items()
+    }
+    print(f"median of {args.runs} interleaved rounds (ms)")
+    print(f"  {'tool':<22}{'no-op':>9}{'apply':>9}{'rollback':>10}")
+    for tool, r in results.items():
+        print(f"  {tool:<22}{r['noop']:>9.1f}{r['apply']:>9.1f}{r['rollback']:>10.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

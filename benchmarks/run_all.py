@@ -1,0 +1,168 @@
+"""`invoke bench`: every benchmark in one run, then docs/benchmarks.md and docs/benchmarks.png.
+
+Runs compare_tools.py (no-op, fresh apply, rollback against dbmate, yoyo, Alembic, Sqitch and psql),
+backup_throughput.py (1 GB Bridge database), live_load.py (write latency during a strong-lock
+migration) and prod_migrate_fleet.py (1, 3 and 10 clusters), and writes the report from their JSON.
+The chart is drawn with matplotlib from the peers' scratch venv (.bench/py), not a project dependency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / ".bench" / "results"
+PY = sys.executable
+
+
+def run(script: str, *args: str, stdout_json: bool = False) -> dict:
+    print(f"bench: {script} {' '.join(args)}", file=sys.stderr, flush=True)
+    target = OUT / f"{Path(script).stem}.json"
+    if stdout_json:
+        out = subprocess.run(
+            [PY, str(ROOT / "benchmarks" / script), *args, "--json"], check=True, capture_output=True, text=True
+        ).stdout
+        target.write_text(out)
+    else:
+        subprocess.run([PY, str(ROOT / "benchmarks" / script), *args, "--json", str(target)], check=True)
+    return json.loads(target.read_text())
+
+
+def versions() -> dict:
+    def first_line(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return "n/a"
+
+    bench = ROOT / ".bench"
+    dbmate = sorted((bench / "npm/node_modules/@dbmate").glob("*/bin/dbmate"))
+    return {
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, {platform.platform()}",
+        "python": platform.python_version(),
+        "postgresql": first_line(
+            ["psql", "-X", "-At", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", "SHOW server_version"]
+        ),
+        "dbmate": first_line([str(dbmate[0]), "--version"]) if dbmate else "n/a",
+        "yoyo-migrations": pip_version(bench, "yoyo-migrations"),
+        "alembic": first_line([str(bench / "py/bin/alembic"), "--version"]),
+        "sqitch": first_line(["sqitch", "--version"]),
+    }
+
+
+def pip_version(bench: Path, package: str) -> str:
+    out = subprocess.run([str(bench / "py/bin/pip"), "show", package], capture_output=True, text=True).stdout
+    return next((line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("Version: ")), "n/a")
+
+
+def chart(compare: dict, path: Path) -> None:
+    code = f"""
+import json, matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+data = json.loads({json.dumps(json.dumps(compare))})
+tools = list(data)
+fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+for ax, op, title in zip(axes, ("noop", "apply", "rollback"), ("no-op migrate", "fresh apply of 6", "rollback of 6")):
+    values = [data[t][op] for t in tools]
+    colors = ["#1f6feb" if t.startswith("bridge-db") else "#8b949e" if t.startswith("psql") else "#d29922"
+              for t in tools]
+    ax.barh(tools, values, color=colors)
+    ax.invert_yaxis()
+    ax.set_title(title + " (median ms, lower is better)")
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {{v:.0f}}", va="center", fontsize=8)
+fig.tight_layout()
+fig.savefig({str(path)!r}, dpi=110)
+"""
+    bench_py = ROOT / ".bench/py/bin/python"
+    subprocess.run([str(bench_py), "-m", "pip", "install", "-q", "matplotlib"], check=True, capture_output=True)
+    subprocess.run([str(bench_py), "-c", code], check=True)
+
+
+def report(compare, backup, live, fleet, info) -> str:
+    floor = compare["psql -1 (floor)"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"One run of `invoke bench` on {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, all tools against the "
+        "same local PostgreSQL server, interleaved round by round.",
+        "",
+        "| | |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in info.items()],
+        "",
+        "## Migrations: the six Bridge migrations, median ms of 10 rounds after a warm-up",
+        "",
+        "![chart](benchmarks.png)",
+        "",
+        "| tool | no-op | fresh apply | rollback all | apply ÷ psql -1 | no-op ÷ dbmate | peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    dbmate = compare.get("dbmate")
+    for tool, r in compare.items():
+        vs_dbmate = f"{r['noop'] / dbmate['noop']:.2f}×" if dbmate else "n/a"
+        lines.append(
+            f"| {tool} | {r['noop']:.0f} | {r['apply']:.0f} | {r['rollback']:.0f} | "
+            f"{r['apply'] / floor['apply']:.2f}× | {vs_dbmate} | {r['peak_rss_kb'] / 1024:.0f} |"
+        )
+    lines += [
+        "",
+        "## Backup and restore of a generated Bridge database",
+        "",
+        f"Database {backup['database_mb']} MB (`pg_database_size`), custom dump {backup['dump_mb']} MB; "
+        f"median of {next(iter(backup['results'].values()))['runs']} interleaved runs.",
+        "",
+        "| operation | seconds | MB/s |",
+        "|---|---|---|",
+        *[f"| {k} | {v['median_s']} | {v['mb_per_s']} |" for k, v in backup["results"].items()],
+        "",
+        "## Application writes while a strong-lock migration waits behind a 3 s transaction",
+        "",
+        "| phase | writes | errors | p50 ms | p99 ms | max ms |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {k} | {v['writes']} | {v['errors']} | {v['p50_ms']} | {v['p99_ms']} | {v['max_ms']} |"
+            for k, v in live.items()
+        ],
+        "",
+        "## prod_migrate.yml on real local clusters (production policy, one host per batch)",
+        "",
+        "| hosts | first rollout s | per host s | no-op rollout s |",
+        "|---|---|---|---|",
+        *[
+            f"| {r['hosts']} | {r['first_rollout_s']} | {r['per_host_first_s']} | {r['noop_rollout_s']} |"
+            for r in fleet
+        ],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--backup-runs", type=int, default=3)
+    parser.add_argument("--size-gb", type=float, default=1.0)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    compare = run("compare_tools.py", "--runs", str(args.runs))
+    live = run("live_load.py")
+    fleet = run("prod_migrate_fleet.py", "--hosts", "1", "3", "10", stdout_json=True)
+    backup = run(
+        "backup_throughput.py", "--size-gb", str(args.size_gb), "--runs", str(args.backup_runs), stdout_json=True
+    )
+    info = versions()
+    chart(compare, ROOT / "docs" / "benchmarks.png")
+    (ROOT / "docs" / "benchmarks.md").write_text(report(compare, backup, live, fleet, info))
+    print("bench: wrote docs/benchmarks.md and docs/benchmarks.png", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
