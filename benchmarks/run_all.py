@@ -56,6 +56,77 @@ def versions() -> dict:
     }
 
 
+def interpreter_start_ms() -> float:
+    """Median wall time of starting this Python and importing psycopg2: what any Python tool pays."""
+    import statistics
+    import time
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    samples = []
+    for _ in range(11):
+        started = time.perf_counter()
+        subprocess.run([PY, "-c", "import psycopg2"], check=True, env=env)
+        samples.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(samples[1:]), 1)
+
+
+def targets(compare: dict, backup: dict, live: dict, start_ms: float) -> list[str]:
+    ours, inv, dbmate, floor = (compare[k] for k in ("bridge-db", "bridge-db (invoke)", "dbmate", "psql -1 (floor)"))
+    b = backup["results"]
+
+    def within(a: str, base: str) -> float:
+        return b[a]["median_s"] / b[base]["median_s"]
+
+    rows = [
+        (
+            "no-op: console script faster than yoyo, Alembic and Sqitch",
+            all(ours["noop"] < compare[p]["noop"] for p in ("yoyo", "alembic", "sqitch")),
+            ", ".join(f"{p} {compare[p]['noop']:.0f} ms" for p in ("yoyo", "alembic", "sqitch"))
+            + f" vs {ours['noop']:.0f} ms",
+        ),
+        (
+            "no-op: console script within 1.5× dbmate",
+            ours["noop"] <= 1.5 * dbmate["noop"],
+            f"{ours['noop'] / dbmate['noop']:.2f}×",
+        ),
+        ("no-op: Invoke within 2× dbmate", inv["noop"] <= 2 * dbmate["noop"], f"{inv['noop'] / dbmate['noop']:.2f}×"),
+        (
+            "fresh apply within 1.3× (psql -1 + interpreter start)",
+            ours["apply"] <= 1.3 * (floor["apply"] + start_ms),
+            f"{ours['apply'] / (floor['apply'] + start_ms):.2f}× of {floor['apply'] + start_ms:.0f} ms",
+        ),
+        (
+            "backup within 5% of pg_dump, same format",
+            max(
+                within("backup custom: bridge-db backup", "backup custom: pg_dump -Fc"),
+                within("backup directory -j2: bridge-db backup", "backup directory -j2: pg_dump -Fd -j2"),
+            )
+            <= 1.05,
+            f"custom {within('backup custom: bridge-db backup', 'backup custom: pg_dump -Fc'):.3f}×, directory "
+            f"{within('backup directory -j2: bridge-db backup', 'backup directory -j2: pg_dump -Fd -j2'):.3f}×",
+        ),
+        (
+            "restore within 5% of pg_restore",
+            within("restore -j2: bridge-db restore", "restore -j2: createdb + pg_restore -j2") <= 1.05,
+            f"{within('restore -j2: bridge-db restore', 'restore -j2: createdb + pg_restore -j2'):.3f}×",
+        ),
+        (
+            "live load: p99 write latency within 2× the no-migration p99",
+            live["bridge-db"]["p99_ms"] <= 2 * live["baseline"]["p99_ms"],
+            f"{live['bridge-db']['p99_ms']} vs {live['baseline']['p99_ms']} ms "
+            f"(psql -f: p99 {live['psql -f']['p99_ms']}, max {live['psql -f']['max_ms']} ms)",
+        ),
+    ]
+    return [
+        "## Targets",
+        "",
+        "| target | met | measured |",
+        "|---|---|---|",
+        *[f"| {name} | {'yes' if ok else '**no**'} | {detail} |" for name, ok, detail in rows],
+        "",
+    ]
+
+
 def pip_version(bench: Path, package: str) -> str:
     out = subprocess.run([str(bench / "py/bin/pip"), "show", package], capture_output=True, text=True).stdout
     return next((line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("Version: ")), "n/a")
@@ -98,6 +169,7 @@ def report(compare, backup, live, fleet, info) -> str:
         "|---|---|",
         *[f"| {k} | {v} |" for k, v in info.items()],
         "",
+        *targets(compare, backup, live, info["interpreter start (ms)"]),
         "## Migrations: the six Bridge migrations, median ms of 10 rounds after a warm-up",
         "",
         "![chart](benchmarks.png)",
@@ -150,17 +222,34 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--backup-runs", type=int, default=3)
     parser.add_argument("--size-gb", type=float, default=1.0)
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        choices=["compare", "live", "fleet", "backup"],
+        help="rerun only these; reuse the others' last results from .bench/results",
+    )
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    compare = run("compare_tools.py", "--runs", str(args.runs))
-    live = run("live_load.py")
-    fleet = run("prod_migrate_fleet.py", "--hosts", "1", "3", "10", stdout_json=True)
-    backup = run(
-        "backup_throughput.py", "--size-gb", str(args.size_gb), "--runs", str(args.backup_runs), stdout_json=True
-    )
+    jobs = {
+        "compare": ("compare_tools.py", ["--runs", str(args.runs)], False),
+        "live": ("live_load.py", [], False),
+        "fleet": ("prod_migrate_fleet.py", ["--hosts", "1", "3", "10"], True),
+        "backup": ("backup_throughput.py", ["--size-gb", str(args.size_gb), "--runs", str(args.backup_runs)], True),
+    }
+    results = {}
+    for name, (script, script_args, stdout_json) in jobs.items():
+        previous = OUT / f"{Path(script).stem}.json"
+        if args.only is None or name in args.only or not previous.exists():
+            results[name] = run(script, *script_args, stdout_json=stdout_json)
+        else:
+            results[name] = json.loads(previous.read_text())
     info = versions()
-    chart(compare, ROOT / "docs" / "benchmarks.png")
-    (ROOT / "docs" / "benchmarks.md").write_text(report(compare, backup, live, fleet, info))
+    info["interpreter start (ms)"] = interpreter_start_ms()
+    chart(results["compare"], ROOT / "docs" / "benchmarks.png")
+    (ROOT / "docs" / "benchmarks.md").write_text(
+        report(results["compare"], results["backup"], results["live"], results["fleet"], info)
+    )
     print("bench: wrote docs/benchmarks.md and docs/benchmarks.png", file=sys.stderr)
 
 

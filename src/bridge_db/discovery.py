@@ -7,6 +7,8 @@ without touching a database.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -106,13 +108,16 @@ class SqlFile:
         intact, reports a syntax error with its line before anything runs, and tells which statements
         cannot run inside the transaction bridge-db wraps around a file.
         """
-        text = self.text
-        statements = []
-        for raw in self.parse_tree():
-            start = raw.stmt_location
-            sql = text[start : start + raw.stmt_len] if raw.stmt_len else text[start:].rstrip()
-            line = text[:start].count("\n") + 1
-            statements.append(_describe(raw.stmt, sql, line))
+        statements = _cached_statements(self.checksum)
+        if statements is None:
+            text = self.text
+            statements = []
+            for raw in self.parse_tree():
+                start = raw.stmt_location
+                sql = text[start : start + raw.stmt_len] if raw.stmt_len else text[start:].rstrip()
+                line = text[:start].count("\n") + 1
+                statements.append(_describe(raw.stmt, sql, line))
+            _cache_statements(self.checksum, statements)
         for statement in statements:
             self._refuse_transaction_control(statement)
         return statements
@@ -153,6 +158,50 @@ class SqlFile:
                 file=str(self.path),
                 line=line,
             ) from None
+
+
+# Parsing needs pglast, whose import alone costs ~50 ms. A file's statements depend only on its content
+# (the normalised checksum) and the parser's version, so they are cached per user, like bytecode.
+CACHE_ENV = "BRIDGE_DB_CACHE_DIR"
+
+
+def _cache_file(checksum: str) -> Path | None:
+    try:
+        from importlib.metadata import version
+
+        parser = version("pglast")
+    except Exception:
+        return None
+    base = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bridge-db"
+    )
+    return Path(base) / f"statements-pglast-{parser}" / f"{checksum}.json"
+
+
+def _cached_statements(checksum: str) -> list[Statement] | None:
+    path = _cache_file(checksum)
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8")) if path else None
+        return (
+            [Statement(r["sql"], r["line"], r["kind"], r["concurrent_index"], tuple(r["relations"])) for r in rows]
+            if rows is not None
+            else None
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no cache, or a damaged one: parse again
+
+
+def _cache_statements(checksum: str, statements: list[Statement]) -> None:
+    path = _cache_file(checksum)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(json.dumps([s.__dict__ for s in statements]), encoding="utf-8")
+        os.replace(partial, path)
+    except OSError:
+        pass  # a read-only home is no reason to fail a migration
 
 
 def _describe(node, sql: str, line: int) -> Statement:
