@@ -17,6 +17,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -214,9 +215,14 @@ def take_backup(
 
         try:
             _make_private(partial)
-            size, digest = _size_and_sha256(partial)
             pg_restore, _ = client_tool("pg_restore", version_num // 10000)
-            _run_tool([str(pg_restore), "--list", str(partial)], dict(os.environ), "pg_restore --list")
+            # Read the dump back while hashing it: two passes over the file at once, not one after the other.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                listed = pool.submit(
+                    _run_tool, [str(pg_restore), "--list", str(partial)], dict(os.environ), "pg_restore --list"
+                )
+                size, digest = _size_and_sha256(partial)
+                listed.result()
             verification = {"listed": True, "restored": None, "verified_at": datetime.now(UTC).isoformat()}
             if verify_restore:
                 _restore_and_compare(admin or target, partial, row_counts or {}, jobs, pg_restore)
