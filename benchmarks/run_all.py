@@ -162,8 +162,9 @@ def report(compare, backup, live, fleet, info) -> str:
     lines = [
         "# Benchmarks",
         "",
-        f"One run of `invoke bench` on {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, all tools against the "
-        "same local PostgreSQL server, interleaved round by round.",
+        f"Written by `invoke bench` on {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} from each benchmark's "
+        "latest run (`--only NAME` reruns one), all tools against the same local PostgreSQL server, interleaved "
+        "round by round.",
         "",
         "| | |",
         "|---|---|",
