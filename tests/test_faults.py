@@ -14,14 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import psycopg2
 import pytest
 
 from bridge_db import backup, engine
 from bridge_db.discovery import discover_migrations
 from bridge_db.embedded import EmbeddedCluster, find_server_binaries
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, Database, run_cli
 
 
 def _migration_pausing_at(boundary: int) -> str:
@@ -142,24 +141,9 @@ def own_cluster():
     shutil.rmtree(base, ignore_errors=True)
 
 
-class _Db:
-    def __init__(self, dsn):
-        self.dsn = dsn
-
-    def query(self, statement, params=None):
-        conn = psycopg2.connect(self.dsn)
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(statement, params)
-                return cur.fetchall() if cur.description else []
-        finally:
-            conn.close()
-
-
 def test_server_stopped_with_immediate_mid_migration(own_cluster, migrations_copy):
     cluster, dsn = own_cluster
-    db = _Db(dsn)
+    db = Database("faults", dsn, admin_dsn=dsn)  # the cluster is this test's own
     _slow_migration(migrations_copy)
     runner = _start(["migrate", "--dsn", dsn, "--migrations-dir", str(migrations_copy)])
     _wait_for_query(db, "pg_sleep(30) /* boundary 1 */")
