@@ -272,36 +272,60 @@ def _row_counts(cur) -> dict[str, int]:
 def _restore_and_compare(admin: Target, dump: Path, expected: dict[str, int], jobs: int, pg_restore: Path) -> None:
     """Restore into a scratch database, compare per-table row counts with the snapshot's, drop it."""
     scratch = f"bridge_verify_{uuid.uuid4().hex[:12]}"
-    _create_database(admin, scratch)
+    _restore_into(
+        admin,
+        dump,
+        scratch,
+        pg_restore,
+        jobs,
+        expected,
+        ["--no-owner", "--no-privileges"],
+        "the dump is not trustworthy; nothing was kept; run the backup again",
+    )
+    _drop_database(admin, scratch)
+
+
+def _restore_into(
+    admin: Target,
+    dump: Path,
+    database: str,
+    pg_restore: Path,
+    jobs: int,
+    expected: dict[str, int] | None,
+    options: list[str],
+    next_step: str,
+) -> None:
+    """Create `database`, pg_restore `dump` into it and, when `expected` is given, compare its per-table
+    row counts. On any failure the database is dropped again, so nothing half-restored is left."""
+    _create_database(admin, database)
     try:
-        target = with_database(admin, scratch)
+        target = with_database(admin, database)
         _run_tool(
             [
                 str(pg_restore),
                 "--exit-on-error",
-                "--no-owner",
-                "--no-privileges",
+                "--no-password",
+                *options,
                 f"--jobs={jobs}",
-                f"--dbname={scratch}",
+                f"--dbname={database}",
                 str(dump),
             ],
             libpq_environment(target),
-            "verify restore",
+            "pg_restore",
         )
-        with cursor_for(target) as cur:
-            actual = _row_counts(cur)
-        if actual != expected:
-            diff = {
-                t: (expected.get(t), actual.get(t))
-                for t in set(expected) | set(actual)
-                if expected.get(t) != actual.get(t)
-            }
-            raise BackupFailed(
-                f"restored row counts differ from the source (table: source, restored): {diff}",
-                "the dump is not trustworthy; nothing was kept; run the backup again",
-            )
-    finally:
-        _drop_database(admin, scratch)
+        if expected is not None:
+            with cursor_for(target) as cur:
+                actual = _row_counts(cur)
+            if actual != expected:
+                diff = {
+                    t: (expected.get(t), actual.get(t))
+                    for t in sorted(set(expected) | set(actual))
+                    if expected.get(t) != actual.get(t)
+                }
+                raise BackupFailed(f"restored row counts differ (table: expected, restored): {diff}", next_step)
+    except BaseException:
+        _drop_database(admin, database)
+        raise
 
 
 def _dump_globals(admin: Target, folder: Path, name: str, server_major: int) -> str:
@@ -481,32 +505,16 @@ def restore_backup(
     t0 = time.perf_counter()
     staging = f"{dest}_incoming_{uuid.uuid4().hex[:8]}" if replacing else dest
     pg_restore, _ = client_tool("pg_restore", _server_major(admin))
-    _create_database(admin, staging)
-    try:
-        staged = with_database(admin, staging)
-        _run_tool(
-            [
-                str(pg_restore),
-                "--exit-on-error",
-                "--no-password",
-                f"--jobs={jobs or 2}",
-                f"--dbname={staging}",
-                str(dump),
-            ],
-            libpq_environment(staged),
-            "pg_restore",
-        )
-        if manifest.row_counts is not None:
-            with cursor_for(staged) as cur:
-                actual = _row_counts(cur)
-            if actual != manifest.row_counts:
-                raise BackupFailed(
-                    f"restored row counts differ from the manifest: {actual} != {manifest.row_counts}",
-                    "the restored copy was dropped; try another backup",
-                )
-    except BaseException:
-        _drop_database(admin, staging)
-        raise
+    _restore_into(
+        admin,
+        dump,
+        staging,
+        pg_restore,
+        jobs or 2,
+        manifest.row_counts,
+        [],
+        "the restored copy was dropped; try another backup",
+    )
     replaced = None
     if replacing:
         replaced = f"{env_db}_before_restore_{datetime.now(UTC).strftime(STAMP).lower()}"

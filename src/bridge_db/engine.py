@@ -484,7 +484,7 @@ def _run_unit(conn, target, action, unit, offset, total, progress, run, post_che
         "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
         (f"{policy.lock_timeout_ms}ms", f"{policy.statement_timeout_ms}ms"),
     )
-    if action == "apply":
+    if action == "apply" and offset == 0:  # the first transaction of a run creates them; later ones find them
         ensure_history_tables(cur)
     steps = []
     for index, migration in enumerate(unit, start=offset + 1):
