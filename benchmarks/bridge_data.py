@@ -4,8 +4,10 @@
         --database bench_bridge --size-gb 1.0
 
 Creates the database (uuid-ossp), migrates it with the project's own engine, and fills every table
-server-side (INSERT ... SELECT generate_series) with plausible rows, JSONB included, in batches until
-pg_database_size reaches the target. Reuses the database if it is already big enough.
+server-side (INSERT ... SELECT generate_series) with rows shaped as the OmniNode Bridge application
+writes them (upper-case states, step_data, UUID entity ids, 64-digit BLAKE3-style hashes, JSONB objects;
+see tests/test_application_contract.py), in batches until pg_database_size reaches the target.
+Reuses the database if it is already big enough.
 """
 
 from __future__ import annotations
@@ -29,42 +31,40 @@ from bridge_db.discovery import discover_migrations  # noqa: E402
 
 BATCH = """
 WITH w AS (
-  INSERT INTO workflow_executions (correlation_id, workflow_type, namespace, current_state, input_data,
-                                   output_data, retry_count, started_at, completed_at, execution_time_ms, metadata)
-  SELECT uuid_generate_v4(), (ARRAY['metadata_stamping','tree_generation','onextree_sync'])[1 + g %% 3],
-         'omninode.tenant' || (g %% 50), (ARRAY['completed','completed','completed','failed','processing'])[1 + g %% 5],
-         jsonb_build_object('file_path', '/repo/src/module_' || g || '.py', 'options',
-                            jsonb_build_object('hash', 'blake3', 'depth', g %% 7,
-                                               'labels', jsonb_build_array('a','b','c'))),
-         jsonb_build_object('stamp_id', md5(g::text), 'bytes', g %% 100000, 'ok', true),
-         g %% 3, now() - (g %% 86400) * interval '1 second', now(), g %% 5000,
-         jsonb_build_object('source', 'bench', 'host', 'node-' || (g %% 17), 'trace', md5((g * 7)::text))
+  INSERT INTO workflow_executions (correlation_id, workflow_type, namespace, current_state, started_at,
+                                   completed_at, execution_time_ms, metadata)
+  SELECT uuid_generate_v4(), (ARRAY['metadata_stamping','batch_stamping','validation'])[1 + g %% 3],
+         'omninode.tenant' || (g %% 50), (ARRAY['COMPLETED','COMPLETED','COMPLETED','FAILED','PROCESSING'])[1 + g %% 5],
+         now() - (g %% 86400) * interval '1 second', now(), g %% 5000,
+         jsonb_build_object('source', 'bench', 'host', 'node-' || (g %% 17), 'trace', md5((g * 7)::text),
+                            'file_path', '/repo/src/module_' || g || '.py',
+                            'options', jsonb_build_object('hash', 'blake3', 'depth', g %% 7,
+                                                          'labels', jsonb_build_array('a','b','c')),
+                            'result', jsonb_build_object('stamp_id', md5(g::text), 'bytes', g %% 100000, 'ok', true))
     FROM generate_series(%(start)s, %(stop)s) g
   RETURNING id, correlation_id, namespace
 ), s AS (
-  INSERT INTO workflow_steps (workflow_id, step_name, step_order, status, input_data, output_data, started_at,
-                              completed_at, execution_time_ms)
-  SELECT w.id, (ARRAY['validate','hash','stamp','persist'])[k + 1], k, 'completed',
-         jsonb_build_object('step', k, 'attempt', 1), jsonb_build_object('result', md5(w.id::text || k)),
-         now() - interval '1 minute', now(), 10 + k
+  INSERT INTO workflow_steps (workflow_id, step_name, step_order, status, execution_time_ms, step_data)
+  SELECT w.id, (ARRAY['validate_input','generate_blake3_hash','create_stamp','persist_stamp'])[k + 1], k, 'COMPLETED',
+         10 + k, jsonb_build_object('step', k, 'input', jsonb_build_object('attempt', 1),
+                                    'output', jsonb_build_object('result', md5(w.id::text || k)))
     FROM w CROSS JOIN generate_series(0, 3) k
   RETURNING 1
 ), t AS (
-  INSERT INTO fsm_transitions (entity_id, entity_type, from_state, to_state, transition_event, transition_data,
-                               correlation_id)
-  SELECT w.id::text, 'workflow', (ARRAY[NULL,'pending','processing','processing','completed'])[k + 1],
-         (ARRAY['pending','processing','processing','completed','completed'])[k + 1], 'event_' || k,
-         jsonb_build_object('reason', 'bench', 'step', k), w.correlation_id
+  INSERT INTO fsm_transitions (entity_id, entity_type, from_state, to_state, transition_event, transition_data)
+  SELECT w.correlation_id, 'workflow', (ARRAY[NULL,'PENDING','PROCESSING','PROCESSING','COMPLETED'])[k + 1],
+         (ARRAY['PENDING','PROCESSING','PROCESSING','COMPLETED','COMPLETED'])[k + 1],
+         (ARRAY['create','start_processing','step_completed','complete','archive'])[k + 1],
+         jsonb_build_object('reason', 'bench', 'step', k)
     FROM w CROSS JOIN generate_series(0, 4) k
   RETURNING 1
 )
-INSERT INTO metadata_stamps (workflow_id, file_hash, file_path, file_size_bytes, content_type, namespace,
-                             stamp_data, intelligence_data)
-SELECT w.id, md5(w.id::text) || md5(w.correlation_id::text), '/repo/src/' || w.id || '.py', 4096, 'text/x-python',
-       w.namespace,
+INSERT INTO metadata_stamps (workflow_id, file_hash, namespace, stamp_data)
+SELECT w.id, md5(w.id::text) || md5(w.correlation_id::text), w.namespace,
        jsonb_build_object('version', '1.0', 'hash', md5(w.id::text), 'stamped_by', 'bench',
-                          'lines', jsonb_build_array(1, 2, 3, 5, 8, 13)),
-       jsonb_build_object('summary', repeat('lorem ipsum ', 8))
+                          'file_path', '/repo/src/' || w.id || '.py', 'file_size_bytes', 4096,
+                          'content_type', 'text/x-python', 'lines', jsonb_build_array(1, 2, 3, 5, 8, 13),
+                          'intelligence', jsonb_build_object('summary', repeat('lorem ipsum ', 8)))
   FROM w
 """
 
@@ -107,14 +107,16 @@ def generate(admin_dsn: str, database: str, size_gb: float, batch: int = 50_000)
             )
         cur.execute(
             "INSERT INTO bridge_states (namespace, current_fsm_state, total_workflows_processed, aggregation_metadata) "
-            "SELECT 'omninode.tenant' || g, 'idle', g * 100, jsonb_build_object('window', '1h') "
+            "SELECT 'omninode.tenant' || g, (ARRAY['IDLE','aggregating','PROCESSING'])[1 + g % 3], g * 100, "
+            "jsonb_build_object('window', '1h') "
             "FROM generate_series(1, 1000) g WHERE NOT EXISTS (SELECT 1 FROM bridge_states)"
         )
         cur.execute(
             "INSERT INTO node_registrations (node_id, node_type, node_version, capabilities, health_status, "
-            "last_heartbeat) SELECT 'node-' || g, (ARRAY['orchestrator','reducer','adapter'])[1 + g % 3], '1.0.0', "
-            "jsonb_build_object('stamping', true), 'healthy', now() FROM generate_series(1, 500) g "
-            "ON CONFLICT DO NOTHING"
+            "last_heartbeat, health_endpoint) "
+            "SELECT 'node-' || g, (ARRAY['orchestrator','reducer','effect'])[1 + g % 3], '1.0.0', "
+            "jsonb_build_object('stamping', true), (ARRAY['HEALTHY','UNKNOWN','critical'])[1 + g % 3], now(), "
+            "'http://node-' || g || ':8053/health' FROM generate_series(1, 500) g ON CONFLICT DO NOTHING"
         )
         cur.execute("VACUUM ANALYZE")
     conn.close()

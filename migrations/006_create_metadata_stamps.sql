@@ -5,24 +5,22 @@
 --              audit row outlives the workflow); extension uuid-ossp.
 -- Rollback:    006_rollback_metadata_stamps.sql
 -- bridge:requires-extension uuid-ossp
+--
+-- The columns are exactly those of the application's ModelMetadataStamp (its reads forbid unknown
+-- columns). file_hash is hex: the runtime entity sends 64 lower-case digits (BLAKE3), an older
+-- entity accepts 1 to 128 digits in either case; the CHECK accepts both.
 
 CREATE TABLE IF NOT EXISTS metadata_stamps (
     id                 UUID         NOT NULL DEFAULT uuid_generate_v4(),
     workflow_id        UUID,
     file_hash          VARCHAR(128) NOT NULL,
-    file_path          TEXT,
-    file_size_bytes    BIGINT,
-    content_type       VARCHAR(255),
-    namespace          VARCHAR(255) NOT NULL,
     stamp_data         JSONB        NOT NULL,
-    protocol_version   VARCHAR(20)  NOT NULL DEFAULT '1.0',
-    intelligence_data  JSONB,
+    namespace          VARCHAR(255) NOT NULL,
     created_at         TIMESTAMPTZ  NOT NULL DEFAULT now(),
     CONSTRAINT pk_metadata_stamps PRIMARY KEY (id),
     CONSTRAINT fk_metadata_stamps_workflow_id FOREIGN KEY (workflow_id)
         REFERENCES workflow_executions (id) ON DELETE SET NULL,
-    CONSTRAINT ck_metadata_stamps_file_hash CHECK (file_hash ~ '^[0-9a-f]{32,128}$'),
-    CONSTRAINT ck_metadata_stamps_file_size CHECK (file_size_bytes IS NULL OR file_size_bytes >= 0),
+    CONSTRAINT ck_metadata_stamps_file_hash CHECK (file_hash ~ '^[0-9A-Fa-f]{1,128}$'),
     CONSTRAINT ck_metadata_stamps_namespace_not_blank CHECK (btrim(namespace) <> '')
 );
 
@@ -33,14 +31,9 @@ CREATE INDEX IF NOT EXISTS idx_metadata_stamps_created_at ON metadata_stamps (cr
 CREATE INDEX IF NOT EXISTS idx_metadata_stamps_namespace_created_at ON metadata_stamps (namespace, created_at);
 
 COMMENT ON TABLE metadata_stamps IS 'Audit trail of metadata stamping operations; rows outlive their workflow.';
-COMMENT ON COLUMN metadata_stamps.id IS 'Stamp record id (UUID v4).';
+COMMENT ON COLUMN metadata_stamps.id IS 'Stamp record id (UUID v4); the application reads it back with RETURNING id.';
 COMMENT ON COLUMN metadata_stamps.workflow_id IS 'Workflow execution that stamped the file; NULL if none or deleted since.';
-COMMENT ON COLUMN metadata_stamps.file_hash IS 'Content hash of the stamped file, lower-case hex (32 to 128 digits).';
-COMMENT ON COLUMN metadata_stamps.file_path IS 'Path of the file when it was stamped.';
-COMMENT ON COLUMN metadata_stamps.file_size_bytes IS 'Size of the file in bytes.';
-COMMENT ON COLUMN metadata_stamps.content_type IS 'MIME type of the file.';
+COMMENT ON COLUMN metadata_stamps.file_hash IS 'Content hash of the stamped file, hex (the application sends 64-digit BLAKE3).';
+COMMENT ON COLUMN metadata_stamps.stamp_data IS 'The stamp itself (a JSON object).';
 COMMENT ON COLUMN metadata_stamps.namespace IS 'Namespace the stamp belongs to.';
-COMMENT ON COLUMN metadata_stamps.stamp_data IS 'The stamp itself.';
-COMMENT ON COLUMN metadata_stamps.protocol_version IS 'Version of the stamping protocol.';
-COMMENT ON COLUMN metadata_stamps.intelligence_data IS 'Optional analysis results attached to the stamp.';
 COMMENT ON COLUMN metadata_stamps.created_at IS 'When the file was stamped.';

@@ -17,15 +17,15 @@ import pytest
 from bridge_db import backup, engine
 from bridge_db.errors import BackupFailed
 
-from conftest import ROOT, drop_database, run_cli
+from conftest import HEAD, ROOT, drop_database, run_cli
 
 SECRET = "Backup-s3cret-pw"
 
 
 def _fill(db, rows: int = 50) -> None:
     db.query(
-        "INSERT INTO workflow_executions (correlation_id, workflow_type, namespace, input_data) "
-        "SELECT uuid_generate_v4(), 'stamping', 'ns' || (g %% 3), jsonb_build_object('n', g) "
+        "INSERT INTO workflow_executions (correlation_id, workflow_type, current_state, namespace, metadata) "
+        "SELECT uuid_generate_v4(), 'stamping', 'PROCESSING', 'ns' || (g %% 3), jsonb_build_object('n', g) "
         "FROM generate_series(1, %s) g",
         (rows,),
     )
@@ -89,7 +89,7 @@ def test_backup_writes_a_private_verified_dump_and_manifest(filled, tmp_path):
         "finished_at",
     ):
         assert manifest[key] not in (None, ""), key
-    assert manifest["database"] == filled.name and manifest["migration_head"] == 6
+    assert manifest["database"] == filled.name and manifest["migration_head"] == HEAD
     assert manifest["size_bytes"] == dump.stat().st_size
     assert manifest["row_counts"]["workflow_executions"] == 50 and manifest["row_counts"]["workflow_steps"] == 50
     assert manifest["verification"]["listed"] and manifest["verification"]["restored"]
@@ -125,7 +125,7 @@ def test_backup_then_restore_into_a_new_database_compares_rows(filled, tmp_path)
             cur.execute("SELECT count(*) FROM workflow_steps")
             assert cur.fetchone()[0] == 50
             cur.execute("SELECT max(version) FROM schema_migrations")
-            assert cur.fetchone()[0] == 6
+            assert cur.fetchone()[0] == HEAD
         conn.close()
     finally:
         drop_database(filled.admin_dsn, restored["database"])

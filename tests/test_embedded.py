@@ -13,7 +13,7 @@ from bridge_db.config import load_config
 from bridge_db.connection import resolve_target
 from bridge_db.errors import PrerequisiteMissing
 
-from conftest import CONFIG, MIGRATIONS, run_cli
+from conftest import CONFIG, HEAD, MIGRATIONS, run_cli
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def project(tmp_path):
 def test_migrate_with_nothing_configured_starts_the_cluster(project):
     out = run_cli("migrate", cwd=project, env={"PGHOST": "/nonexistent", "PGPORT": "1"})  # PG* must not leak in
     assert out.returncode == 0, out.stderr
-    assert "applied 6 migration(s)" in out.stdout and "dev (embedded)" in out.stdout
+    assert f"applied {HEAD} migration(s)" in out.stdout and "dev (embedded)" in out.stdout
 
     status = json.loads(run_cli("db", "status", "--json", cwd=project).stdout)
     assert status["running"] and status["pid"]
@@ -44,7 +44,7 @@ def test_migrate_with_nothing_configured_starts_the_cluster(project):
     assert "listen_addresses = ''" in conf and "pg_stat_statements" in conf
 
     out = run_cli("status", "--json", cwd=project)
-    assert json.loads(out.stdout)["head"] == 6
+    assert json.loads(out.stdout)["head"] == HEAD
     out = run_cli("db", "down", "--json", cwd=project)
     assert out.returncode == 0 and json.loads(out.stdout)["running"] is False
     out = run_cli("migrate", cwd=project)  # starts it again on demand

@@ -9,7 +9,7 @@ from bridge_db.discovery import discover_migrations
 from bridge_db.errors import MigrationFailed, PrerequisiteMissing, UsageError, ValidationFailed
 
 from catalog import bridge_tables, snapshot
-from conftest import make_target
+from conftest import HEAD, SHIPPED, make_target
 
 
 def _snap(db, include_engine_tables=False):
@@ -31,20 +31,20 @@ def _log(db) -> list[tuple]:
 def test_apply_all_records_history_then_rollback_all_leaves_nothing(db, migrations):
     empty = _snap(db)
     result = engine.migrate(db.target(), migrations)
-    assert [s.version for s in result.steps] == [1, 2, 3, 4, 5, 6]
-    assert result.head_before is None and result.head_after == 6
+    assert [s.version for s in result.steps] == SHIPPED
+    assert result.head_before is None and result.head_after == HEAD
     assert [(v, n) for v, n, _ in _history(db)] == [(m.version, m.name) for m in migrations]
     assert [c for _, _, c in _history(db)] == [m.checksum for m in migrations]
     applied_by = db.query("SELECT DISTINCT applied_by FROM schema_migrations")
     assert applied_by == db.query("SELECT current_user::text")
 
     result = engine.rollback(db.target(), migrations, to_version=0)
-    assert [s.version for s in result.steps] == [6, 5, 4, 3, 2, 1]
+    assert [s.version for s in result.steps] == SHIPPED[::-1]
     assert result.head_after is None
     assert _history(db) == []
     assert _snap(db) == empty
     assert bridge_tables(db.connect()) == []
-    assert _log(db) == [("apply", v, True) for v in range(1, 7)] + [("rollback", v, True) for v in range(6, 0, -1)]
+    assert _log(db) == [("apply", v, True) for v in SHIPPED] + [("rollback", v, True) for v in SHIPPED[::-1]]
 
 
 def test_every_migration_up_down_up_gives_an_identical_catalog(db, migrations):
@@ -63,7 +63,7 @@ def test_second_migrate_is_a_no_op(db, migrations):
     engine.migrate(db.target(), migrations)
     log_rows = len(_log(db))
     result = engine.migrate(db.target(), migrations)
-    assert result.steps == [] and result.head_after == 6
+    assert result.steps == [] and result.head_after == HEAD
     assert len(_log(db)) == log_rows
 
 
@@ -77,9 +77,11 @@ def test_rollback_of_nothing_is_a_clear_no_op(db, migrations):
 
 def test_rollback_steps_and_to(db, migrations):
     engine.migrate(db.target(), migrations)
-    assert [s.version for s in engine.rollback(db.target(), migrations).steps] == [6]
-    assert [s.version for s in engine.rollback(db.target(), migrations, steps=2).steps] == [5, 4]
-    assert [s.version for s in engine.rollback(db.target(), migrations, to_version=1).steps] == [3, 2]
+    assert [s.version for s in engine.rollback(db.target(), migrations).steps] == [HEAD]
+    assert [s.version for s in engine.rollback(db.target(), migrations, steps=2).steps] == [HEAD - 1, HEAD - 2]
+    assert [s.version for s in engine.rollback(db.target(), migrations, to_version=1).steps] == list(
+        range(HEAD - 3, 1, -1)
+    )
     assert [v for v, _, _ in _history(db)] == [1]
 
 
@@ -97,16 +99,16 @@ def test_migrate_to_unknown_version_is_a_usage_error(db, migrations):
 def test_dry_run_prints_plan_and_sql_and_changes_nothing(db, migrations):
     before = _snap(db, include_engine_tables=True)
     result = engine.migrate(db.target(), migrations, dry_run=True)
-    assert [s.version for s in result.steps] == [1, 2, 3, 4, 5, 6]
+    assert [s.version for s in result.steps] == SHIPPED
     assert "CREATE TABLE IF NOT EXISTS workflow_executions" in result.steps[0].sql
     assert _snap(db, include_engine_tables=True) == before  # not even the history table
 
     engine.migrate(db.target(), migrations)
     before = _snap(db, include_engine_tables=True)
     history = _history(db)
-    result = engine.rollback(db.target(), migrations, steps=2, dry_run=True)
-    assert [s.version for s in result.steps] == [6, 5]
-    assert "DROP TABLE IF EXISTS metadata_stamps" in result.steps[0].sql
+    result = engine.rollback(db.target(), migrations, to_version=4, dry_run=True)
+    assert [s.version for s in result.steps] == SHIPPED[4:][::-1]
+    assert "DROP TABLE IF EXISTS metadata_stamps" in result.steps[-2].sql
     assert _snap(db, include_engine_tables=True) == before
     assert _history(db) == history
 
@@ -196,16 +198,17 @@ def test_missing_extension_is_detected_before_any_ddl(bare_db, migrations):
 
 
 def test_migration_005_needs_no_extension(bare_db, migrations):
-    """Only files that declare the extension need it: 005 has no UUID default."""
+    """Only files that declare the extension need it: 005 and 007 call no uuid function."""
     assert migrations[4].required_extensions == []
-    assert all(m.required_extensions == ["uuid-ossp"] for m in migrations if m.version != 5)
+    for m in migrations:
+        assert m.required_extensions == (["uuid-ossp"] if "uuid_generate_v4" in m.forward.text else [])
 
 
 def test_status_reports_applied_pending_and_timestamps(db, migrations):
     engine.migrate(db.target(), migrations, to_version=4)
     report = engine.status(db.target(), migrations)
-    assert [(m.version, m.applied) for m in report.migrations] == [(v, v <= 4) for v in range(1, 7)]
-    assert report.head == 4 and report.pending == 2 and report.problems == []
+    assert [(m.version, m.applied) for m in report.migrations] == [(v, v <= 4) for v in SHIPPED]
+    assert report.head == 4 and report.pending == HEAD - 4 and report.problems == []
     assert all(m.applied_at for m in report.migrations[:4])
     assert report.migrations[5].applied_at is None
 

@@ -164,8 +164,8 @@ def test_server_stopped_with_immediate_mid_migration(own_cluster, migrations_cop
 
 def _fill(db, rows: int = 20000) -> None:
     db.query(
-        "INSERT INTO workflow_executions (correlation_id, workflow_type, namespace, input_data) "
-        "SELECT uuid_generate_v4(), 'stamping', 'ns', jsonb_build_object('payload', md5(g::text)) "
+        "INSERT INTO workflow_executions (correlation_id, workflow_type, current_state, namespace, metadata) "
+        "SELECT uuid_generate_v4(), 'stamping', 'PROCESSING', 'ns', jsonb_build_object('payload', md5(g::text)) "
         "FROM generate_series(1, %s) g",
         (rows,),
     )

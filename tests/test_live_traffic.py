@@ -170,8 +170,8 @@ def test_no_transaction_migration_resumes_after_the_last_completed_statement(db,
         migrations_copy,
         7,
         NO_TX
-        + "CREATE INDEX CONCURRENTLY idx_ws_started ON workflow_steps (started_at);\n"  # no IF NOT EXISTS
-        + "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_ws_completed ON workflow_steps (completed_at);\n"
+        + "CREATE INDEX CONCURRENTLY idx_ws_name ON workflow_steps (step_name);\n"  # no IF NOT EXISTS
+        + "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_ws_time ON workflow_steps (execution_time_ms);\n"
         + "SELECT 1 / (SELECT count(*) FROM fsm_transitions);\n",
     )
     with pytest.raises(MigrationFailed, match="division by zero"):
@@ -179,7 +179,7 @@ def test_no_transaction_migration_resumes_after_the_last_completed_statement(db,
     assert db.query("SELECT statement_index FROM schema_migrations_progress WHERE version = 7") == [(1,)]
     db.query(
         "INSERT INTO fsm_transitions (entity_id, entity_type, to_state, transition_event) "
-        "VALUES ('e', 'workflow', 'pending', 'created')"
+        "VALUES (uuid_generate_v4(), 'workflow', 'PENDING', 'created')"
     )
     result = engine.migrate(db.target(), discover_migrations(migrations_copy))  # would fail if it re-ran statement 1
     assert [s.version for s in result.steps] == [7]

@@ -13,7 +13,7 @@ from bridge_db.errors import BackupFailed
 from test_backup import _fake_bindir
 
 from catalog import bridge_tables
-from conftest import MIGRATIONS, make_target, run_cli
+from conftest import HEAD, MIGRATIONS, make_target, run_cli
 
 SECRET = "Policy-s3cret-pw"
 
@@ -65,7 +65,7 @@ def test_production_migrate_backs_up_first_and_records_it(prod_config, db, tmp_p
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["single_transaction"] is True and result["backup"]
-    assert len(result["steps"]) == 6
+    assert len(result["steps"]) == HEAD
     dump = Path(result["backup"])
     assert dump.is_file() and backup.read_manifest(dump).verified == "listed"
     assert backup.read_manifest(dump).migration_head is None  # taken before anything was applied
@@ -121,7 +121,7 @@ def test_production_rollback_asks_and_backs_up(prod_config, db, tmp_path):
     out = _prod(prod_config, db, "rollback", "--steps", "1", "--yes", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["backup"]
-    assert db.query("SELECT max(version) FROM schema_migrations") == [(5,)]
+    assert db.query("SELECT max(version) FROM schema_migrations") == [(HEAD - 1,)]
 
 
 def test_staging_runs_write_a_timestamped_log_without_secrets(prod_config, db, tmp_path):
@@ -131,7 +131,7 @@ def test_staging_runs_write_a_timestamped_log_without_secrets(prod_config, db, t
     logs = sorted((tmp_path / "logs").iterdir())
     assert len(logs) == 1 and logs[0].name.startswith("staging-migrate-")
     text = logs[0].read_text()
-    assert "apply 001_create_workflow_executions" in text and "applied 6 migration(s)" in text
+    assert "apply 001_create_workflow_executions" in text and f"applied {HEAD} migration(s)" in text
     assert SECRET not in text
     out = run_cli("rollback", "--config", str(prod_config), "--env", "staging", "--dsn", dsn, "--to", "4")
     assert out.returncode == 0

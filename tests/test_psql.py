@@ -12,7 +12,7 @@ from bridge_db import engine
 from bridge_db.discovery import discover_migrations
 
 from catalog import bridge_tables, snapshot
-from conftest import MIGRATIONS, ROOT
+from conftest import HEAD, MIGRATIONS, ROOT, SHIPPED
 
 FORWARD = sorted(p for p in MIGRATIONS.glob("00*.sql") if "_rollback_" not in p.name)
 ROLLBACK = sorted(MIGRATIONS.glob("*_rollback_*.sql"), reverse=True)
@@ -43,6 +43,8 @@ def test_seed_file_list_is_complete():
             "005_rollback_node_registrations.sql",
             "006_create_metadata_stamps.sql",
             "006_rollback_metadata_stamps.sql",
+            "007_add_node_registrations_health_endpoint.sql",
+            "007_rollback_node_registrations_health_endpoint.sql",
         ]
     )
 
@@ -120,10 +122,10 @@ done
 
 def test_seed_shell_loops_apply_and_roll_back(db):
     out = _seed_shell(db, METHOD_2)
-    assert out.stdout.count("Running:") == 6
+    assert out.stdout.count("Running:") == HEAD
     assert len(bridge_tables(db.connect())) == 6
     out = _seed_shell(db, SCRIPT_ROLLBACK)
-    assert out.stdout.count("Rolling back:") == 6
+    assert out.stdout.count("Rolling back:") == HEAD
     assert bridge_tables(db.connect()) == []
 
 
@@ -131,7 +133,7 @@ def test_a_database_built_by_the_psql_loop_is_adopted(db, migrations):
     _seed_shell(db, METHOD_2)
     before = _snap(db)
     result = engine.migrate(db.target(), discover_migrations(MIGRATIONS))
-    assert [s.version for s in result.steps] == [1, 2, 3, 4, 5, 6]
+    assert [s.version for s in result.steps] == SHIPPED
     assert all(s.already_existed > 0 for s in result.steps)  # every table was found, none rebuilt
     assert _snap(db) == before
     assert engine.verify(db.target(), migrations).ok

@@ -137,7 +137,7 @@ def test_deleted_applied_migration_is_refused(migrations_copy, db):
 def test_out_of_order_history_is_refused(db, migrations):
     engine.migrate(db.target(), migrations)
     db.query("DELETE FROM schema_migrations WHERE version = 3")
-    with pytest.raises(ValidationFailed, match="003_create_fsm_transitions.sql is pending but newer migration 006"):
+    with pytest.raises(ValidationFailed, match="003_create_fsm_transitions.sql is pending but newer migration 00[67]"):
         engine.migrate(db.target(), migrations)
 
 
