@@ -146,6 +146,20 @@ def db(admin_dsn):
 
 
 @pytest.fixture
+def db_factory(admin_dsn):
+    """More throw-away databases for one test (uuid-ossp created), all dropped afterwards."""
+    made: list[Database] = []
+
+    def make() -> Database:
+        made.append(create_database(admin_dsn))
+        return made[-1]
+
+    yield make
+    for database in made:
+        drop_database(admin_dsn, database.name)
+
+
+@pytest.fixture
 def bare_db(admin_dsn):
     """A database without the uuid-ossp extension."""
     database = create_database(admin_dsn, with_extensions=())

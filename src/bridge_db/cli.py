@@ -387,10 +387,17 @@ def cmd_verify(args) -> int:
     if args.json:
         print(json.dumps(report.as_dict(), default=str))
     elif report.ok:
+        what = (
+            "match in type, NOT NULL, default, constraints and indexes"
+            if report.compared == "definitions"
+            else "are present (names only)"
+        )
         print(
             f"ok: {report.target}: {report.checked_migrations} applied migration(s) match their files; "
-            f"{report.checked_objects} declared tables, columns and indexes present"
+            f"{report.checked_objects} declared tables, columns and indexes {what}"
         )
+        if report.note:
+            print(f"note: {report.note}", file=sys.stderr)
     else:
         print(f"verify failed: {report.target}", file=sys.stderr)
         for problem in report.problems:

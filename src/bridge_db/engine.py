@@ -120,6 +120,10 @@ class VerifyReport:
     checked_migrations: int
     checked_objects: int
     problems: list[str]
+    # "definitions": types, NOT NULL, defaults, constraints and indexes compared with a replay of the
+    # files; "names": only that declared tables, columns and indexes exist (the replay was not possible).
+    compared: str = "definitions"
+    note: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -837,21 +841,33 @@ def _status_report(target: Target, migrations: list[Migration], applied: dict[in
 
 
 def verify(target: Target, migrations: list[Migration]) -> VerifyReport:
-    """History against files (checksums, missing files, order), then every table, column and index the
-    applied migrations declare against the live catalog."""
+    """History against files (checksums, missing files, order), then the tables the applied migrations
+    declare against the live catalog: every column's type, NOT NULL and default, every constraint and
+    index, both ways (see schema_diff). Where the files cannot be replayed, declared names only."""
+    from .schema_diff import ReferenceUnavailable, differences, live_tables, reference_tables
+
     conn = connect(target)
+    compared, note = "definitions", None
     try:
         with conn.cursor() as cur:
             applied = read_applied(cur)
             problems = [str(p) for p in history_problems(migrations, applied)]
-            expected = declared_objects([m for m in migrations if m.version in applied])
-            problems += _missing_objects(cur, expected)
+            applied_files = [m for m in migrations if m.version in applied]
+            expected = declared_objects(applied_files)
+        try:
+            reference = reference_tables(conn, applied_files)
+        except ReferenceUnavailable as exc:
+            compared, note = "names", str(exc)
+            with conn.cursor() as cur:
+                problems += _missing_objects(cur, expected)
+        else:
+            problems += differences(reference, live_tables(conn, reference))
     except psycopg2.Error as exc:
         raise _database_error(target, conn, exc) from None
     finally:
         conn.close()
     checked = len(expected["tables"]) + len(expected["indexes"]) + sum(len(c) for c in expected["tables"].values())
-    return VerifyReport(target.label, max(applied, default=None), len(applied), checked, problems)
+    return VerifyReport(target.label, max(applied, default=None), len(applied), checked, problems, compared, note)
 
 
 def declared_objects(applied: list[Migration]) -> dict:
