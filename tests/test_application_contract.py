@@ -534,7 +534,6 @@ def test_every_table_has_exactly_the_columns_the_application_reads(app_db, table
         "INSERT INTO workflow_executions (correlation_id, workflow_type, namespace, current_state, started_at) "
         "VALUES (uuid_generate_v4(), 't', 'ns', 'EXPLODED', now())",
         "INSERT INTO workflow_steps (workflow_id, step_name, step_order, status) "
-        "SELECT uuid_generate_v4(), 's', 0, 'WAITING' WHERE false UNION ALL "
         "SELECT id, 's', 0, 'WAITING' FROM workflow_executions",
         "INSERT INTO node_registrations (node_id, node_type, node_version, health_status) VALUES ('n1', 'x', '1', 'ok')",
         "INSERT INTO metadata_stamps (file_hash, namespace, stamp_data) VALUES ('not-hex', 'ns', '{}')",
