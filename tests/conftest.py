@@ -32,6 +32,30 @@ SHIPPED = [m.version for m in discover_migrations(MIGRATIONS)]  # every version 
 HEAD = SHIPPED[-1]
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--pg",
+        default="",
+        help="PostgreSQL majors for tests/test_compat.py: 'all' or e.g. '13,16,18' (default: none, skipped)",
+    )
+
+
+def pytest_configure(config):
+    from bridge_db.pgbuilds import SUPPORTED_MAJORS
+
+    wanted = config.getoption("--pg").strip()
+    if wanted == "all":
+        config.pg_majors = list(SUPPORTED_MAJORS)
+    else:
+        try:
+            config.pg_majors = [int(m) for m in wanted.split(",") if m.strip()]
+        except ValueError:
+            raise pytest.UsageError(f"--pg takes 'all' or majors such as 13,16,18, not {wanted!r}") from None
+        unknown = set(config.pg_majors) - set(SUPPORTED_MAJORS)
+        if unknown:
+            raise pytest.UsageError(f"--pg: unsupported major(s) {sorted(unknown)}; supported: {SUPPORTED_MAJORS}")
+
+
 def _try_admin(dsn: str) -> str | None:
     try:
         conn = psycopg2.connect(dsn, connect_timeout=3)

@@ -88,8 +88,9 @@ def _glob(pattern: str) -> list[str]:
 
 
 class EmbeddedCluster:
-    def __init__(self, base_dir: Path, port: int, service_user: str | None = None) -> None:
+    def __init__(self, base_dir: Path, port: int, service_user: str | None = None, bindir: Path | None = None) -> None:
         self.base_dir = Path(base_dir)
+        self.bindir = Path(bindir) if bindir else None  # None: find the machine's binaries
         self.port = port
         self.data_dir = self.base_dir / "data"
         self.log_file = self.base_dir / "server.log"
@@ -119,7 +120,7 @@ class EmbeddedCluster:
     def up(self, database: str | None = None, extensions: tuple[str, ...] = DEV_EXTENSIONS) -> ClusterStatus:
         """Initialise (first time), start (if stopped), create `database` and its extensions. Idempotent."""
         with self._file_lock():
-            bindir = find_server_binaries(self.data_dir)
+            bindir = self._server_binaries()
             if not (self.data_dir / "PG_VERSION").is_file():
                 self._initdb(bindir)
             self._write_runtime_conf()
@@ -132,7 +133,7 @@ class EmbeddedCluster:
     def down(self) -> ClusterStatus:
         with self._file_lock():
             if (self.data_dir / "PG_VERSION").is_file():
-                bindir = find_server_binaries(self.data_dir)
+                bindir = self._server_binaries()
                 if self._running(bindir):
                     self._pg(bindir, "pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60", "stop")
         return self.status()
@@ -145,7 +146,7 @@ class EmbeddedCluster:
         if initialised:
             version = (self.data_dir / "PG_VERSION").read_text().strip()
             try:
-                bindir = find_server_binaries(self.data_dir)
+                bindir = self._server_binaries()
             except PrerequisiteMissing:
                 bindir = None
             pid = self._running(bindir) if bindir else None
@@ -163,6 +164,9 @@ class EmbeddedCluster:
         )
 
     # ------------------------------------------------------------------ steps
+
+    def _server_binaries(self) -> Path:
+        return self.bindir or find_server_binaries(self.data_dir)
 
     def _initdb(self, bindir: Path) -> None:
         for folder in (self.base_dir, self.socket_dir):
@@ -185,8 +189,7 @@ class EmbeddedCluster:
             "-E",
             "UTF8",
             "--no-locale",
-            "--no-instructions",
-        )
+        )  # no --no-instructions: PostgreSQL 13's initdb refuses it, and the output is captured anyway
         with open(self.data_dir / "postgresql.conf", "a", encoding="utf-8") as conf:
             conf.write(
                 "\n# Added by bridge-db: settings that depend on where the checkout lives.\n"
@@ -257,7 +260,8 @@ class EmbeddedCluster:
     def _pg(self, bindir: Path, tool: str, *args: str) -> None:
         result = self._run([str(bindir / tool), *args], check=False)
         if result.returncode != 0:
-            detail = (result.stderr or result.stdout).strip().splitlines()
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            detail = [ln for ln in lines if not ln.startswith("Try ")] or lines  # not "Try --help"
             raise PrerequisiteMissing(
                 f"{tool} failed: {detail[-1] if detail else 'exit ' + str(result.returncode)}",
                 f"read {self.log_file} and the message above; `invoke db.status` shows the cluster",
