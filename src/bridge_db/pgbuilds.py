@@ -76,10 +76,15 @@ def fetch(major: int, cache: Path | None = None) -> Build:
             f"choose one of {', '.join(map(str, SUPPORTED_MAJORS))}",
         )
     cache = cache or default_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    if not trusted_folder(cache):
+        raise PrerequisiteMissing(
+            f"{cache} is writable by another user, or not ours: binaries from it could be anyone's",
+            f"remove it, or point {CACHE_ENV} at a folder only you can write",
+        )
     found = cached(major, cache)
     if found:
         return found
-    cache.mkdir(parents=True, exist_ok=True)
     os.chmod(cache, 0o755)
     with tempfile.TemporaryDirectory(dir=cache, prefix=f".fetch-{major}-") as work:
         work_dir = Path(work)
@@ -101,6 +106,25 @@ def fetch(major: int, cache: Path | None = None) -> Build:
             return cached(major, cache) or _fail(major, f"{target} exists but holds no build")
         staging.rename(target)
     return cached(major, cache) or _fail(major, "the unpacked build has no marker")
+
+
+def trusted_folder(folder: Path) -> bool:
+    """A folder we may run binaries from: owned by us (or root) and writable by nobody else, up to a
+    root-owned sticky parent such as /var/tmp (so a folder planted there by another user is refused)."""
+    me = os.geteuid()
+    try:
+        for part in (folder, *folder.parents):
+            st = part.lstat()
+            if part.is_symlink() or st.st_uid not in (me, 0):
+                return False
+            sticky_root = st.st_mode & 0o1000 and st.st_uid == 0
+            if st.st_mode & 0o022 and not sticky_root:
+                return False
+            if sticky_root:
+                return True
+    except OSError:
+        return False
+    return True
 
 
 def _pypi_archive(major: int, work: Path) -> tuple[Path, str, str, str]:
