@@ -313,6 +313,35 @@ def molecule_(c, scenario=None):
         c.run(f"{BIN / 'molecule'} test -s {name}", pty=False, env=TOOLS_ENV)
 
 
+@task(
+    help={
+        "out": "folder to write into (default dist/; emptied first)",
+        "python": "the hosts' Python, e.g. 3.11 (default: this one's); dependency wheels are fetched for it",
+    }
+)
+def dist(c, out="dist", python=None):
+    """Release bundle for hosts without internet: the project's wheel (migrations inside), the wheel of
+    every dependency for the hosts' Python, and SHA256SUMS. On the host: sha256sum -c SHA256SUMS, then
+    pip install --no-index --find-links <folder> omninode-bridge-db."""
+    import hashlib
+    import shutil
+
+    python = python or f"{sys.version_info.major}.{sys.version_info.minor}"
+    folder = (ROOT / out).resolve()
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    c.run(f"{sys.executable} -m pip wheel -q --no-deps -w {folder} {ROOT}")
+    wheel = next(folder.glob("omninode_bridge_db-*.whl"))
+    c.run(
+        f"{sys.executable} -m pip download -q --only-binary=:all: --python-version {python} "
+        f"--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 "
+        f"-d {folder} {wheel}"
+    )
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}" for p in sorted(folder.glob("*.whl"))]
+    (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    print(f"{len(lines)} wheel(s) and SHA256SUMS in {folder}")
+
+
 @task
 def lint(c):
     """ruff, yamllint, ansible-lint (production profile), and the migrations: squawk plus the project's rules."""
@@ -342,6 +371,7 @@ ns = Collection(
     bench,
     molecule_,
     test,
+    dist,
     lint,
     db,
 )
