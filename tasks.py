@@ -112,10 +112,22 @@ def new(c, name):
     _bridge("new", name)
 
 
-@task(help={**COMMON_HELP, "lock_wait": "seconds to wait for another runner's lock"})
-def reset(c, env="dev", dsn=None, json=False, lock_wait=None):
-    """Dev only: drop and recreate schema public, then migrate. Refused on other environments."""
-    _bridge("reset", *_common(env, dsn, json), *(["--lock-wait", lock_wait] if lock_wait is not None else []))
+@task(
+    help={
+        **COMMON_HELP,
+        "lock_wait": "seconds to wait for another runner's lock",
+        "yes": "confirm a reset outside the embedded dev cluster (e.g. with --dsn) without a terminal",
+    }
+)
+def reset(c, env="dev", dsn=None, json=False, lock_wait=None, yes=False):
+    """Dev only: drop and recreate schema public, then migrate. Refused on other environments; asks
+    first (naming the database) anywhere but the embedded dev cluster."""
+    _bridge(
+        "reset",
+        *_common(env, dsn, json),
+        *(["--lock-wait", lock_wait] if lock_wait is not None else []),
+        yes and "--yes",
+    )
 
 
 ADMIN_HELP = {

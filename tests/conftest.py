@@ -192,7 +192,14 @@ def bare_db(admin_dsn):
 
 
 def make_target(dsn: str, env: str = "test", **policy) -> Target:
-    config = parse_config({"environments": {env: {"database": "unused", **policy}}}, CONFIG)
+    """A target whose environment is the database `dsn` names: its own policy applies, as for an
+    environment's own database (a DSN naming another database would make destructive verbs ask)."""
+    params = psycopg2.extensions.parse_dsn(dsn)
+    own: dict[str, object] = {"database": params.get("dbname", "unused")}
+    own.update({key: params[key] for key in ("host", "user") if key in params})
+    if "port" in params:
+        own["port"] = int(params["port"])
+    config = parse_config({"environments": {env: {**own, **policy}}}, CONFIG)
     return resolve_target(config, env, dsn)
 
 

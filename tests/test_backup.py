@@ -299,5 +299,8 @@ def test_backups_listing_shows_state_and_hides_partials(filled, tmp_path):
     listing = json.loads(out.stdout)["backups"]
     assert sorted(e["state"] for e in listing) == ["listed", "no-manifest"]
     assert not any("partial" in e["path"] for e in listing)
-    backup.take_backup(filled.target(), folder)  # the next backup removes the stale partial
-    assert not (folder / ".stale.dump.partial").exists()
+    ours = folder / f".{filled.name}-20260101T000000Z.dump.partial"  # what a killed backup leaves
+    ours.write_bytes(b"half")
+    backup.take_backup(filled.target(), folder)  # the next backup removes its own stale partial ...
+    assert not ours.exists()
+    assert (folder / ".stale.dump.partial").exists()  # ... and never another program's

@@ -137,7 +137,7 @@ def test_reset_is_refused_outside_dev(db):
 def test_reset_on_dev_drops_everything_and_migrates_again(db):
     run_cli("migrate", "--dsn", db.dsn, "--to", "3")
     db.query("CREATE TABLE scratch_left_over (id int)")
-    out = run_cli("reset", "--env", "dev", "--dsn", db.dsn)
+    out = run_cli("reset", "--env", "dev", "--dsn", db.dsn, "--yes")  # not the embedded cluster: confirmed
     assert out.returncode == 0, out.stderr
     tables = bridge_tables(db.connect())
     assert "scratch_left_over" not in tables and len(tables) == 6
@@ -158,6 +158,8 @@ def test_invoke_tasks_share_the_cli_behaviour(db):
     out = _invoke("status", "--dsn", db.dsn, "--json")
     assert json.loads(out.stdout)["head"] == 5
     out = _invoke("rollback", "--dsn", db.dsn, "--steps", "2")
+    assert out.returncode == 9  # the DSN is not the environment's own database: confirmation needed
+    out = _invoke("rollback", "--dsn", db.dsn, "--steps", "2", "--yes")
     assert out.returncode == 0
     assert db.query("SELECT max(version) FROM schema_migrations") == [(3,)]
     assert _invoke("verify", "--dsn", db.dsn).returncode == 0
@@ -213,6 +215,10 @@ def test_seed_scripts_run_twice_and_roll_back_everything(db):
     assert "nothing to apply" in out.stdout
     assert len(bridge_tables(db.connect())) == 6
     out = subprocess.run(["./scripts/rollback_migrations.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 9 and len(bridge_tables(db.connect())) == 6  # not confirmed: nothing changed
+    out = subprocess.run(
+        ["./scripts/rollback_migrations.sh", "--yes"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert bridge_tables(db.connect()) == []
 
@@ -224,7 +230,7 @@ def test_seed_script_passes_arguments_and_exit_codes(db):
     )
     assert out.returncode == 0
     out = subprocess.run(
-        ["./scripts/rollback_migrations.sh", "--steps", "1"], cwd=ROOT, env=env, capture_output=True, text=True
+        ["./scripts/rollback_migrations.sh", "--steps", "1", "--yes"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert out.returncode == 0
     assert db.query("SELECT max(version) FROM schema_migrations") == [(1,)]

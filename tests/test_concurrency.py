@@ -140,7 +140,7 @@ def test_rollback_racing_migrate_keeps_history_consistent(db):
     for _ in range(3):
         racers = [
             subprocess.Popen(
-                [*base, "rollback", "--steps", "3", "--dsn", db.dsn, "--lock-wait", "60"],
+                [*base, "rollback", "--steps", "3", "--dsn", db.dsn, "--lock-wait", "60", "--yes"],
                 cwd=ROOT,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

@@ -133,7 +133,7 @@ def test_staging_runs_write_a_timestamped_log_without_secrets(prod_config, db, t
     text = logs[0].read_text()
     assert "apply 001_create_workflow_executions" in text and f"applied {HEAD} migration(s)" in text
     assert SECRET not in text
-    out = run_cli("rollback", "--config", str(prod_config), "--env", "staging", "--dsn", dsn, "--to", "4")
+    out = run_cli("rollback", "--config", str(prod_config), "--env", "staging", "--dsn", dsn, "--to", "4", "--yes")
     assert out.returncode == 0
     assert len(list((tmp_path / "logs").iterdir())) == 2
     run_cli("status", "--config", str(prod_config), "--env", "staging", "--dsn", dsn)  # read-only: no log

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import time
 import uuid
@@ -24,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg2
+import psycopg2.extensions
 from psycopg2 import sql
 
 from .connection import Target, connect, cursor_for, libpq_environment, with_database
@@ -31,6 +33,7 @@ from .errors import BackupFailed, PrerequisiteMissing, RefusedByPolicy, UsageErr
 from .history import read_applied
 
 MANIFEST_SUFFIX = ".manifest.json"
+GLOBALS_SUFFIX = ".globals.sql"
 PARTIAL_PREFIX = "."
 PARTIAL_SUFFIX = ".partial"
 STAMP = "%Y%m%dT%H%M%SZ"
@@ -68,7 +71,9 @@ class BackupEntry:
     manifest: BackupManifest | None
     age_s: float
     size_bytes: int
-    state: str  # restored | listed | unverified | no-manifest
+    state: str  # restored | listed | unverified | no-manifest | invalid-manifest
+    problem: str | None = None  # why the manifest is not trusted (the backup is then never deleted)
+    unsafe: bool = False  # the manifest names a file outside its own exact names: prune refuses
 
     def as_dict(self) -> dict:
         return {**asdict(self), "manifest": asdict(self.manifest) if self.manifest else None}
@@ -115,9 +120,9 @@ def client_tool(name: str, server_major: int) -> tuple[Path, int]:
     return path, version
 
 
-def _run_tool(cmd: list[str], env: dict[str, str], what: str, timeout: float | None = None) -> str:
+def _run_tool(cmd: list[str], env: dict[str, str], what: str, timeout: float | None = None, umask: int = -1) -> str:
     try:
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, umask=umask)
     except subprocess.TimeoutExpired:
         raise BackupFailed(f"{what} did not finish within {timeout:.0f}s", "check the server and run again") from None
     if result.returncode != 0:
@@ -140,6 +145,7 @@ class BackupResult:
     manifest: BackupManifest
     throughput_mb_s: float
     pruned: list[str] = field(default_factory=list)
+    stale_removed: list[str] = field(default_factory=list)  # scratch databases of killed runs, dropped
 
     def as_dict(self) -> dict:
         return {
@@ -147,6 +153,7 @@ class BackupResult:
             "manifest": asdict(self.manifest),
             "throughput_mb_s": self.throughput_mb_s,
             "pruned": self.pruned,
+            "stale_removed": self.stale_removed,
         }
 
 
@@ -159,17 +166,23 @@ def take_backup(
     verify_restore: bool = False,
     with_globals: bool = False,
     admin: Target | None = None,
+    lock_wait: float | None = None,
+    on_wait: Callable[[Path, float], None] | None = None,
 ) -> BackupResult:
     """pg_dump the target into `folder`, verify it, and write its manifest. Raises BackupFailed and
-    leaves no file behind on any failure; earlier backups are never touched."""
+    leaves no file behind on any failure; earlier backups are never touched. Another backup or prune
+    of the same folder is waited for, at most `lock_wait` seconds (default: the policy's lock wait)."""
     policy = target.environment.policy
     fmt = fmt or policy.backup_format
     jobs = jobs or policy.backup_jobs
     if fmt not in ("custom", "directory"):
         raise UsageError(f"unknown backup format {fmt!r}", "use custom or directory")
-    folder = _private_folder(folder)
-    with _folder_lock(folder):
-        _remove_stale_partials(folder)
+    folder = private_folder(folder)
+    wait = policy.lock_wait_seconds if lock_wait is None else lock_wait
+    stale: list[str] = []
+    with _folder_lock(folder, wait, on_wait):
+        if verify_restore:
+            stale = clean_stale_scratch_databases(admin or target)
         started = datetime.now(UTC)
         t0 = time.perf_counter()
         conn = connect(target)
@@ -180,6 +193,7 @@ def take_backup(
                     "current_database()"
                 )
                 version_num, server_version, database = cur.fetchone()
+                _remove_stale_partials(folder, database)
                 pg_dump, dump_major = client_tool("pg_dump", version_num // 10000)
                 head = max(read_applied(cur), default=None)
                 # One snapshot for pg_dump and for the row counts, so that they describe the same data.
@@ -200,7 +214,7 @@ def take_backup(
                 if fmt == "directory":
                     cmd.append(f"--jobs={jobs}")
                 try:
-                    _run_tool(cmd, libpq_environment(target), "pg_dump")
+                    _run_tool(cmd, libpq_environment(target), "pg_dump", umask=0o077)
                     cur.execute("COMMIT")
                 except BaseException:
                     _discard(partial)
@@ -253,7 +267,7 @@ def take_backup(
             _discard(partial)
             raise
     elapsed = max(time.perf_counter() - t0, 1e-6)
-    return BackupResult(str(final), manifest, round(size / 1e6 / elapsed, 1))
+    return BackupResult(str(final), manifest, round(size / 1e6 / elapsed, 1), stale_removed=stale)
 
 
 def _row_counts(cur) -> dict[str, int]:
@@ -271,7 +285,7 @@ def _row_counts(cur) -> dict[str, int]:
 
 def _restore_and_compare(admin: Target, dump: Path, expected: dict[str, int], jobs: int, pg_restore: Path) -> None:
     """Restore into a scratch database, compare per-table row counts with the snapshot's, drop it."""
-    scratch = f"bridge_verify_{uuid.uuid4().hex[:12]}"
+    scratch = f"{VERIFY_PREFIX}{uuid.uuid4().hex[:12]}"
     _restore_into(
         admin,
         dump,
@@ -281,8 +295,8 @@ def _restore_and_compare(admin: Target, dump: Path, expected: dict[str, int], jo
         expected,
         ["--no-owner", "--no-privileges"],
         "the dump is not trustworthy; nothing was kept; run the backup again",
+        then=lambda: _drop_database(admin, scratch),
     )
-    _drop_database(admin, scratch)
 
 
 def _restore_into(
@@ -294,44 +308,119 @@ def _restore_into(
     expected: dict[str, int] | None,
     options: list[str],
     next_step: str,
+    then: Callable[[], None],
 ) -> None:
-    """Create `database`, pg_restore `dump` into it and, when `expected` is given, compare its per-table
-    row counts. On any failure the database is dropped again, so nothing half-restored is left."""
-    _create_database(admin, database)
+    """Create `database` marked as a scratch database of this run, pg_restore `dump` into it and, when
+    `expected` is given, compare its per-table row counts; then `then()` (drop it, keep it, swap it in)
+    while the run still holds the mark. On any failure the database is dropped again, so nothing
+    half-restored is left; if the process is killed instead, the mark stays and the next run drops it."""
+    with _scratch_database(admin, database):
+        try:
+            target = with_database(admin, database)
+            _run_tool(
+                [
+                    str(pg_restore),
+                    "--exit-on-error",
+                    "--no-password",
+                    *options,
+                    f"--jobs={jobs}",
+                    # a connection string, so that any database name (a '-', an '=') is taken literally
+                    "--dbname=" + psycopg2.extensions.make_dsn(dbname=database),
+                    str(dump),
+                ],
+                libpq_environment(target),
+                "pg_restore",
+            )
+            if expected is not None:
+                with cursor_for(target) as cur:
+                    actual = _row_counts(cur)
+                if actual != expected:
+                    diff = {
+                        t: (expected.get(t), actual.get(t))
+                        for t in sorted(set(expected) | set(actual))
+                        if expected.get(t) != actual.get(t)
+                    }
+                    raise BackupFailed(f"restored row counts differ (table: expected, restored): {diff}", next_step)
+            then()
+        except BaseException:
+            _drop_database(admin, database)
+            raise
+
+
+# --------------------------------------------------------------------------- scratch databases
+#
+# A database that a backup or restore builds (bridge_verify_*, the drill database, <db>_incoming_*)
+# carries a COMMENT marking it as ours while it is built, and its builder holds a session advisory lock
+# named after it. A killed run leaves the mark without the lock: the next run drops such a database,
+# and only when nobody is connected to it. Databases without the mark are never touched.
+
+SCRATCH_MARK = "bridge-db scratch database"
+VERIFY_PREFIX = "bridge_verify_"
+
+
+def _scratch_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(b"bridge-db scratch:" + name.encode()).digest()[:8], "big", signed=True)
+
+
+@contextmanager
+def _scratch_database(admin: Target, name: str):
+    import socket
+
+    keeper = connect(with_database(admin, "postgres"))
     try:
-        target = with_database(admin, database)
-        _run_tool(
-            [
-                str(pg_restore),
-                "--exit-on-error",
-                "--no-password",
-                *options,
-                f"--jobs={jobs}",
-                f"--dbname={database}",
-                str(dump),
-            ],
-            libpq_environment(target),
-            "pg_restore",
+        with keeper.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (_scratch_key(name),))
+        _create_database(admin, name)
+        mark = (
+            f"{SCRATCH_MARK}: built by pid {os.getpid()} on {socket.gethostname()} at "
+            f"{datetime.now(UTC).isoformat(timespec='seconds')}; dropped by the next run if it was left behind"
         )
-        if expected is not None:
-            with cursor_for(target) as cur:
-                actual = _row_counts(cur)
-            if actual != expected:
-                diff = {
-                    t: (expected.get(t), actual.get(t))
-                    for t in sorted(set(expected) | set(actual))
-                    if expected.get(t) != actual.get(t)
-                }
-                raise BackupFailed(f"restored row counts differ (table: expected, restored): {diff}", next_step)
-    except BaseException:
-        _drop_database(admin, database)
-        raise
+        try:
+            with keeper.cursor() as cur:
+                cur.execute(sql.SQL("COMMENT ON DATABASE {} IS %s").format(sql.Identifier(name)), (mark,))
+        except BaseException:
+            _drop_database(admin, name)
+            raise
+        yield
+    finally:
+        keeper.close()  # releases the advisory lock
+
+
+def _unmark(admin: Target, name: str) -> None:
+    """The database is finished and kept: it is no longer a scratch database."""
+    with _maintenance(admin) as cur:
+        cur.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(name)))
+
+
+def clean_stale_scratch_databases(admin: Target) -> list[str]:
+    """Drop scratch databases that killed runs left behind: marked as ours, their builder gone (its
+    lock is free), and no session connected. Anything else is left alone. Returns what was dropped."""
+    dropped: list[str] = []
+    with _maintenance(admin) as cur:
+        cur.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(shobj_description(oid, 'pg_database'), %s)",
+            (SCRATCH_MARK + ":",),
+        )
+        for (name,) in cur.fetchall():
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (_scratch_key(name),))
+            if not cur.fetchone()[0]:
+                continue  # its builder is still at work
+            try:
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,))
+                if cur.fetchone()[0] == 0:
+                    cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+                    dropped.append(name)
+            except psycopg2.Error:
+                pass  # in use after all, or not ours to drop: leave it
+            finally:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (_scratch_key(name),))
+    return dropped
 
 
 def _dump_globals(admin: Target, folder: Path, name: str, server_major: int) -> str:
     """Roles and tablespaces, without password hashes (--no-role-passwords)."""
     pg_dumpall, _ = client_tool("pg_dumpall", server_major)
-    globals_name = f"{name}.globals.sql"
+    globals_name = f"{name}{GLOBALS_SUFFIX}"
     partial = folder / f"{PARTIAL_PREFIX}{globals_name}{PARTIAL_SUFFIX}"
     env = libpq_environment(admin)
     env.pop("PGDATABASE", None)
@@ -349,9 +438,12 @@ def _dump_globals(admin: Target, folder: Path, name: str, server_major: int) -> 
     return globals_name
 
 
-def write_status_marker(path: Path, environment: str, result: BackupResult | None, error=None) -> None:
+def write_status_marker(
+    path: Path, environment: str, result: BackupResult | None, error=None, prune_error=None
+) -> None:
     """The freshness marker monitoring reads: when the last backup ran, how it ended, and where the
-    dump is. Replaced atomically, written on failure too."""
+    dump is. Replaced atomically, written on failure too (and when the backup is good but pruning
+    after it failed: `result` stays ok, `prune_error` says why)."""
     marker = {
         "environment": environment,
         "finished_at": datetime.now(UTC).isoformat(),
@@ -361,6 +453,7 @@ def write_status_marker(path: Path, environment: str, result: BackupResult | Non
         "path": result.path if result else None,
         "size_bytes": result.manifest.size_bytes if result else None,
         "verified": result.manifest.verified if result else None,
+        "prune_error": None if prune_error is None else prune_error.message,
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -373,48 +466,95 @@ def write_status_marker(path: Path, environment: str, result: BackupResult | Non
 
 
 def list_backups(folder: Path) -> list[BackupEntry]:
-    """Complete backups, newest first. Dumps without a manifest are listed as such, never as good."""
+    """Complete backups, newest first. Dumps without a manifest are listed as such, never as good; a
+    manifest that names files other than its backup's own, or has no time zone, is listed as invalid.
+    Symlinks and anything else that is neither a file nor a folder are not backups (never created here)."""
     if not folder.is_dir():
         return []
     now = time.time()
     entries = []
     for path in folder.iterdir():
-        if path.name.startswith(PARTIAL_PREFIX) or path.name.endswith((MANIFEST_SUFFIX, ".globals.sql")):
+        if path.name.startswith(PARTIAL_PREFIX) or path.name.endswith((MANIFEST_SUFFIX, GLOBALS_SUFFIX)):
+            continue
+        try:
+            info = path.lstat()
+        except OSError:
+            continue  # gone meanwhile
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
             continue
         manifest = read_manifest(path)
+        problem, unsafe = _manifest_problem(path, manifest) if manifest else (None, False)
+        try:
+            size = manifest.size_bytes if manifest and not problem else _size_and_sha256(path, digest=False)[0]
+        except OSError:
+            size = 0
         entries.append(
             BackupEntry(
                 path=str(path),
                 manifest=manifest,
-                age_s=round(now - path.stat().st_mtime, 1),
-                size_bytes=manifest.size_bytes if manifest else _size_and_sha256(path, digest=False)[0],
-                state=manifest.verified if manifest else "no-manifest",
+                age_s=round(now - info.st_mtime, 1),
+                size_bytes=size,
+                state=("invalid-manifest" if problem else manifest.verified) if manifest else "no-manifest",
+                problem=problem,
+                unsafe=unsafe,
             )
         )
-    return sorted(entries, key=lambda e: (e.manifest.finished_at if e.manifest else "", e.path), reverse=True)
+    return sorted(entries, key=lambda e: (_finished(e) or datetime.min.replace(tzinfo=UTC), e.path), reverse=True)
 
 
 def read_manifest(dump: Path) -> BackupManifest | None:
     path = dump.with_name(dump.name + MANIFEST_SUFFIX)
     try:
-        return BackupManifest(**json.loads(path.read_text(encoding="utf-8")))
+        if path.is_symlink():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return BackupManifest(**data) if isinstance(data, dict) else None
     except (OSError, ValueError, TypeError):
         return None
+
+
+def _manifest_problem(dump: Path, manifest: BackupManifest) -> tuple[str | None, bool]:
+    """(why the manifest is not trusted, whether it names files that are not its backup's own). A path
+    read from a manifest is data: it must be exactly the name this program gives that file."""
+    if manifest.file != dump.name:
+        return f"its file {manifest.file!r} is not {dump.name!r}", True
+    if manifest.globals_file is not None:
+        expected = dump.name + GLOBALS_SUFFIX
+        if manifest.globals_file != expected:
+            return f"its globals_file {manifest.globals_file!r} is not {expected!r}", True
+        globals_path = dump.with_name(expected)
+        if globals_path.is_symlink() or (globals_path.exists() and not globals_path.is_file()):
+            return f"its globals file {expected} is not a regular file", True
+    for key in ("started_at", "finished_at"):
+        try:
+            when = datetime.fromisoformat(getattr(manifest, key))
+        except (TypeError, ValueError):
+            return f"{key} is not an ISO 8601 time", False
+        if when.tzinfo is None:
+            return f"{key} has no time zone", False
+    return None, False
+
+
+def _finished(entry: BackupEntry) -> datetime | None:
+    if entry.manifest is None or entry.problem:
+        return None
+    return datetime.fromisoformat(entry.manifest.finished_at)
 
 
 def plan_retention(
     entries: list[BackupEntry], keep_last: int, keep_daily: int, keep_weekly: int, now: datetime | None = None
 ) -> tuple[list[BackupEntry], list[BackupEntry]]:
     """(keep, delete): the newest `keep_last`, the newest of each of the last `keep_daily` days and
-    `keep_weekly` ISO weeks, and always the newest verified backup. Unmanifested files are kept."""
+    `keep_weekly` ISO weeks, and always the newest verified backup. Backups without a manifest, or with
+    one that is not trusted, are kept."""
     now = now or datetime.now(UTC)
-    good = [e for e in entries if e.manifest]
-    keep: set[str] = {e.path for e in entries if not e.manifest}
+    good = [e for e in entries if e.manifest and not e.problem]
+    keep: set[str] = {e.path for e in entries if not e.manifest or e.problem}
     keep |= {e.path for e in good[:keep_last]}
     days_seen: set = set()
     weeks_seen: set = set()
     for entry in good:  # newest first
-        when = datetime.fromisoformat(entry.manifest.finished_at)
+        when = _finished(entry)
         day, week = when.date(), when.isocalendar()[:2]
         if now - when < timedelta(days=keep_daily) and day not in days_seen:
             days_seen.add(day)
@@ -428,23 +568,51 @@ def plan_retention(
     return [e for e in entries if e.path in keep], [e for e in entries if e.path not in keep]
 
 
-def prune(folder: Path, keep_last: int, keep_daily: int, keep_weekly: int, dry_run: bool = False) -> list[str]:
-    with _folder_lock(folder) if folder.is_dir() else _nothing():
-        _, delete = plan_retention(list_backups(folder), keep_last, keep_daily, keep_weekly)
+def prune(
+    folder: Path,
+    keep_last: int,
+    keep_daily: int,
+    keep_weekly: int,
+    dry_run: bool = False,
+    lock_wait: float = 0,
+    on_wait: Callable[[Path, float], None] | None = None,
+) -> list[str]:
+    """Apply retention. Returns every file deleted (or, with `dry_run`, that would be): exactly the
+    dump, its manifest and its globals file, by the names this program gave them, inside `folder`.
+    A manifest that names anything else makes the whole prune refuse (exit 8) before deleting."""
+    folder = Path(folder)
+    with _folder_lock(folder, lock_wait, on_wait) if folder.is_dir() else _nothing():
+        entries = list_backups(folder)
+        unsafe = [e for e in entries if e.unsafe]
+        if unsafe:
+            raise BackupFailed(
+                f"{Path(unsafe[0].path).name}{MANIFEST_SUFFIX}: {unsafe[0].problem}; "
+                "prune refused, nothing was deleted",
+                "a manifest may only name its own backup's files: inspect that manifest (it may have been "
+                "tampered with), then fix or move it",
+            )
+        _, delete = plan_retention(entries, keep_last, keep_daily, keep_weekly)
+        files = [str(folder / name) for entry in delete for name in _own_files(entry)]
         if not dry_run:
-            for entry in delete:
-                _delete_backup(Path(entry.path), entry.manifest)
-    return [e.path for e in delete]
+            for path in files:
+                _discard_own(folder, Path(path).name)
+    return files
 
 
-def _delete_backup(path: Path, manifest: BackupManifest | None) -> None:
-    _discard(path)
-    _discard(path.with_name(path.name + MANIFEST_SUFFIX))
-    if manifest and manifest.globals_file:
-        _discard(path.with_name(manifest.globals_file))
+def _own_files(entry: BackupEntry) -> list[str]:
+    """The exact names of the files that make up one backup, as this program names them."""
+    name = Path(entry.path).name
+    names = [name, name + MANIFEST_SUFFIX]
+    if entry.manifest and entry.manifest.globals_file:
+        names.append(name + GLOBALS_SUFFIX)
+    return names
 
 
-# --------------------------------------------------------------------------- restore
+def _discard_own(folder: Path, name: str) -> None:
+    """Delete `folder/name`, a file (or dump folder) this program created; never a path from elsewhere."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise BackupFailed(f"refusing to delete {name!r}: not a plain file name", "report it with this output")
+    _discard(folder / name)
 
 
 @dataclass
@@ -455,6 +623,7 @@ class RestoreResult:
     row_counts_checked: bool
     duration_s: float
     throughput_mb_s: float
+    stale_removed: list[str] = field(default_factory=list)  # scratch databases of killed runs, dropped
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -486,9 +655,14 @@ def restore_backup(
             "the file is damaged or was altered: restore another backup",
         )
     env_db = target.database or manifest.database
-    dest = target_db or f"{manifest.database}_restore_{datetime.now(UTC).strftime(STAMP).lower()}"
-    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", dest):
-        raise UsageError(f"invalid database name {dest!r}", "use letters, digits and _")
+    if overwrite and target_db not in (None, env_db):
+        raise UsageError(
+            f"--overwrite replaces the environment's database {env_db}, but --target-db names {target_db}",
+            "drop --target-db to replace the environment's database, or drop --overwrite for a drill",
+        )
+    stamp = datetime.now(UTC).strftime(STAMP).lower()
+    dest = target_db or (env_db if overwrite else _database_name(manifest.database, f"_restore_{stamp}"))
+    _check_database_name(dest)
     replacing = dest == env_db
     if replacing and not overwrite:
         raise RefusedByPolicy(
@@ -499,12 +673,16 @@ def restore_backup(
         f"Replace database {env_db} on {target.label} with {dump.name}? (the current one is kept, renamed)"
     ):
         raise RefusedByPolicy("restore not confirmed; nothing changed", "answer yes, or pass --yes")
-    if _database_exists(admin, dest) and not replacing:
+    stale = clean_stale_scratch_databases(admin)
+    if replacing:
+        _check_can_replace(admin, env_db)
+    elif _database_exists(admin, dest):
         raise UsageError(f"database {dest} already exists", "choose another --target-db")
 
     t0 = time.perf_counter()
-    staging = f"{dest}_incoming_{uuid.uuid4().hex[:8]}" if replacing else dest
+    staging = _database_name(dest, f"_incoming_{uuid.uuid4().hex[:8]}") if replacing else dest
     pg_restore, _ = client_tool("pg_restore", _server_major(admin))
+    replaced = _database_name(env_db, f"_before_restore_{stamp}") if replacing else None
     _restore_into(
         admin,
         dump,
@@ -514,11 +692,10 @@ def restore_backup(
         manifest.row_counts,
         [],
         "the restored copy was dropped; try another backup",
+        then=(lambda: _swap_databases(admin, env_db, staging, replaced))
+        if replacing
+        else (lambda: _unmark(admin, dest)),
     )
-    replaced = None
-    if replacing:
-        replaced = f"{env_db}_before_restore_{datetime.now(UTC).strftime(STAMP).lower()}"
-        _swap_databases(admin, env_db, staging, replaced)
     elapsed = time.perf_counter() - t0
     return RestoreResult(
         str(dump),
@@ -527,26 +704,86 @@ def restore_backup(
         manifest.row_counts is not None,
         round(elapsed, 3),
         round(size / 1e6 / max(elapsed, 1e-6), 1),
+        stale_removed=stale,
     )
 
 
+def _database_name(base: str, suffix: str) -> str:
+    """base + suffix, with base shortened so that the whole fits PostgreSQL's 63 bytes (a longer name
+    would be cut silently by the server, and then not be the name we use)."""
+    room = 63 - len(suffix.encode())
+    short = base.encode()[:room].decode(errors="ignore")
+    return short + suffix
+
+
+def _check_database_name(name: str) -> None:
+    if not name or len(name.encode()) > 63 or "\0" in name:
+        raise UsageError(
+            f"invalid database name {name!r}", "use a name of 1 to 63 bytes (any characters PostgreSQL accepts)"
+        )
+
+
+def _check_can_replace(admin: Target, database: str) -> None:
+    """Before any copy is made: the admin connection must be able to rename the environment's database
+    and end its sessions, i.e. be a superuser, or its owner with CREATEDB and pg_signal_backend."""
+    with _maintenance(admin) as cur:
+        cur.execute(
+            "SELECT r.rolsuper, r.rolcreatedb, pg_has_role(current_user, d.datdba, 'MEMBER'), "
+            "pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'), current_user "
+            "FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = %s",
+            (database,),
+        )
+        row = cur.fetchone()
+    if row is None:
+        raise UsageError(
+            f"database {database} does not exist, so there is nothing to overwrite",
+            "restore into a new database instead (drop --overwrite)",
+        )
+    superuser, createdb, owner, can_signal, user = row
+    if not superuser and not (createdb and owner and can_signal):
+        missing = [
+            what
+            for what, ok in (
+                ("CREATEDB", createdb),
+                (f"ownership of {database}", owner),
+                ("pg_signal_backend", can_signal),
+            )
+            if not ok
+        ]
+        raise PrerequisiteMissing(
+            f"replacing database {database} needs a superuser, or its owner with CREATEDB and pg_signal_backend; "
+            f"{user} lacks {', '.join(missing)}; nothing was restored",
+            "pass --admin-dsn for a superuser (or set admin_user), or grant what is missing",
+        )
+
+
 def _swap_databases(admin: Target, current: str, incoming: str, keep_as: str) -> None:
-    """current -> keep_as, incoming -> current; on failure the first rename is undone."""
+    """current -> keep_as, incoming -> current; on failure the first rename is undone, and the caller
+    drops the incoming copy."""
 
     def rename(cur, old: str, new: str) -> None:
         cur.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
 
-    with _maintenance(admin) as cur:
-        cur.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (current,),
-        )
-        rename(cur, current, keep_as)
-        try:
-            rename(cur, incoming, current)
-        except psycopg2.Error:
-            rename(cur, keep_as, current)
-            raise
+    try:
+        with _maintenance(admin) as cur:
+            cur.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(incoming)))
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (current,),
+            )
+            rename(cur, current, keep_as)
+            try:
+                rename(cur, incoming, current)
+            except psycopg2.Error:
+                rename(cur, keep_as, current)
+                raise
+    except psycopg2.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BackupFailed(
+            f"swapping the restored copy in for {current} failed: {first}; {current} is unchanged and the "
+            "copy was dropped",
+            "check the admin connection's rights (superuser, or owner with CREATEDB) and run again",
+        ) from None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -554,7 +791,7 @@ def _swap_databases(admin: Target, current: str, incoming: str, keep_as: str) ->
 
 def free_space_for_backup(target: Target, folder: Path) -> tuple[int, int]:
     """(needed, free) bytes: the database's size is an upper bound for its dump."""
-    folder = _private_folder(folder)
+    folder = private_folder(folder)
     with cursor_for(target) as cur:
         cur.execute("SELECT pg_database_size(current_database())")
         needed = cur.fetchone()[0]
@@ -594,15 +831,28 @@ def _drop_database(admin: Target, name: str) -> None:
         cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def _private_folder(folder: Path) -> Path:
+def private_folder(folder: Path) -> Path:
+    """`folder`, with every missing part created 0700. An existing folder is used as it is: its mode
+    belongs to whoever made it (e.g. a shared 1777 folder) and is never changed."""
     folder = Path(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        os.chmod(folder, 0o700)
+        missing = []
+        for part in (folder, *folder.parents):
+            if part.is_dir():
+                break
+            missing.append(part)
+        for part in reversed(missing):
+            try:
+                os.mkdir(part, 0o700)
+            except FileExistsError:
+                if not part.is_dir():
+                    raise
+        if not folder.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
     except OSError as exc:
         raise BackupFailed(
-            f"cannot use backup folder {folder}: {exc.strerror}",
-            "check the path and its permissions (backup_dir in environments.toml)",
+            f"cannot use folder {folder}: {exc.strerror or exc}",
+            "check the path and its permissions (backup_dir / log_dir in environments.toml)",
         ) from None
     return folder
 
@@ -661,23 +911,54 @@ def _discard(path: Path) -> None:
             pass
 
 
-def _remove_stale_partials(folder: Path) -> None:
-    """Leftovers of a backup that was killed: never shown as backups, removed by the next one."""
-    for path in folder.glob(f"{PARTIAL_PREFIX}*{PARTIAL_SUFFIX}"):
-        _discard(path)
+def _remove_stale_partials(folder: Path, database: str) -> None:
+    """Leftovers of a killed backup of `database`: never shown as backups, removed by the next one.
+    Only names this program gives its own partial files are removed; another program's `.*.partial`
+    files are left alone. The folder lock is held, so no backup of ours is writing them."""
+    for path in folder.iterdir():
+        if _is_our_partial(path.name, database):
+            _discard(path)
+
+
+def _is_our_partial(name: str, database: str) -> bool:
+    """`.<database>-<UTC stamp>[-N].(dump|dir)[.manifest.json|.globals.sql].partial`"""
+    if not (name.startswith(PARTIAL_PREFIX + database + "-") and name.endswith(PARTIAL_SUFFIX)):
+        return False
+    inner = name[len(PARTIAL_PREFIX + database + "-") : -len(PARTIAL_SUFFIX)]
+    for suffix in (MANIFEST_SUFFIX, GLOBALS_SUFFIX):
+        inner = inner.removesuffix(suffix)
+    for ext in (".dump", ".dir"):
+        if inner.endswith(ext):
+            stamp, _, counter = inner.removesuffix(ext).partition("-")
+            try:
+                datetime.strptime(stamp, STAMP)
+            except ValueError:
+                return False
+            return counter == "" or counter.isascii() and counter.isdigit()
+    return False
 
 
 @contextmanager
-def _folder_lock(folder: Path):
-    """One backup or prune at a time per folder (cron and a person at once)."""
+def _folder_lock(folder: Path, wait_seconds: float = 0, on_wait: Callable[[Path, float], None] | None = None):
+    """One backup or prune at a time per folder (cron and a person at once). Another holder is
+    waited for, at most `wait_seconds`, like the migration lock."""
     with os.fdopen(os.open(folder / ".lock", os.O_WRONLY | os.O_CREAT, 0o600), "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BackupFailed(
-                f"another backup or prune is running in {folder}",
-                "wait for it to finish; scheduled runs should not overlap",
-            ) from None
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise BackupFailed(
+                        f"another backup or prune is running in {folder}"
+                        + (f"; waited {wait_seconds:g}s" if wait_seconds else ""),
+                        "wait for it to finish and run again; scheduled runs should not overlap",
+                    ) from None
+                if on_wait:
+                    on_wait(folder, wait_seconds)
+                    on_wait = None  # say it once
+                time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
         try:
             yield
         finally:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -16,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
+from .config import MAX_WAIT_SECONDS
 from .errors import EXIT_CODES, BridgeDbError, RefusedByPolicy, UsageError
 
 DEFAULT_ENV_VAR = "BRIDGE_DB_ENV"
@@ -27,6 +30,17 @@ DEFAULT_ENV_VAR = "BRIDGE_DB_ENV"
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse exits 2 itself; keep our one-line cause + next step
         raise UsageError(message, f"see `{self.prog} --help`")
+
+
+def seconds(text: str) -> float:
+    """A wait in seconds: a finite number from 0 to MAX_WAIT_SECONDS (nan, inf, 1e308 are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or not 0 <= value <= MAX_WAIT_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds from 0 to {MAX_WAIT_SECONDS}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_argument("--dry-run", action="store_true", help="print the plan and its SQL; change nothing")
     runner.add_argument(
         "--lock-wait",
-        type=float,
+        type=seconds,
         default=None,
         metavar="SECONDS",
         help="how long to wait for another runner's lock (default: the environment's policy)",
@@ -104,7 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-squawk", action="store_true", help="only the project's own rules")
 
     p = verbs.add_parser("reset", parents=[common], help="dev only: drop and recreate schema public, then migrate")
-    p.add_argument("--lock-wait", type=float, default=None, metavar="SECONDS")
+    p.add_argument("--lock-wait", type=seconds, default=None, metavar="SECONDS")
+    p.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="confirm a reset outside the embedded dev cluster (without a terminal it is refused otherwise)",
+    )
 
     admin = argparse.ArgumentParser(add_help=False)
     admin.add_argument(
@@ -184,17 +204,114 @@ def _exit_code_epilog() -> str:
 # --------------------------------------------------------------------------- main
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so that every cleanup path of Ctrl-C runs."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with _redacting(_secrets(argv)), _interruptible():
+        try:
+            args = build_parser().parse_args(argv)
+        except BridgeDbError as exc:
+            exc.message = _hide_connection_strings(exc.message, argv)
+            _print_error(exc, as_json=False)
+            return exc.exit_code
+        if not args.verb:
+            build_parser().print_help()
+            return 2
+        with _run_log(args):
+            return _dispatch(args)
+
+
+def _hide_connection_strings(message: str, argv: list[str]) -> str:
+    """argparse quotes what it did not understand; a connection string there may carry a password
+    that libpq would not even read as one (an unencoded '/' in a URI), so it is never repeated."""
+    import psycopg2.extensions
+
+    from .connection import URI_PREFIXES
+
+    for arg in sorted(argv, key=len, reverse=True):
+        value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
+        try:
+            is_dsn = bool(psycopg2.extensions.parse_dsn(value)) or value.lstrip().startswith(URI_PREFIXES)
+        except Exception:
+            is_dsn = value.lstrip().startswith(URI_PREFIXES) or "password" in value
+        if is_dsn and value:
+            for shown in (value, repr(value)[1:-1]):  # argparse quotes with repr()
+                message = message.replace(shown, "<connection string not shown>")
+    return message
+
+
+def _secrets(argv: list[str]) -> list[str]:
+    """Every password a DSN on the command line or in the environment carries, as libpq reads it."""
+    from .connection import ADMIN_DSN_ENV_VAR, DSN_ENV_VAR, dsn_secrets
+
+    found: list[str] = []
+    for arg in argv:
+        found += dsn_secrets(arg)
+        if arg.startswith("--") and "=" in arg:  # --dsn=...
+            found += dsn_secrets(arg.split("=", 1)[1])
+    for var in (DSN_ENV_VAR, ADMIN_DSN_ENV_VAR):
+        found += dsn_secrets(os.environ.get(var))
+    if os.environ.get("PGPASSWORD"):
+        found.append(os.environ["PGPASSWORD"])
+    # as printed: plain, inside JSON (--json, error details), inside a repr()
+    shown = {form for secret in found for form in (secret, json.dumps(secret)[1:-1], repr(secret)[1:-1])}
+    return sorted(shown, key=len, reverse=True)
+
+
+@contextmanager
+def _redacting(secrets: list[str]):
+    """Whatever the command prints (errors, --json, the run log) passes through this: a known secret
+    is replaced, whichever code path would have printed it."""
+    if not secrets:
+        yield
+        return
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Redacted(out, secrets), _Redacted(err, secrets)
     try:
-        args = build_parser().parse_args(argv)
-    except BridgeDbError as exc:
-        _print_error(exc, as_json=False)
-        return exc.exit_code
-    if not args.verb:
-        build_parser().print_help()
-        return 2
-    with _run_log(args):
-        return _dispatch(args)
+        yield
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+class _Redacted:
+    def __init__(self, stream, secrets: list[str]) -> None:
+        self.stream, self.secrets = stream, secrets
+
+    def write(self, text: str) -> int:
+        for secret in self.secrets:
+            text = text.replace(secret, "********")
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+
+@contextmanager
+def _interruptible():
+    """SIGTERM (a service manager, `kill`) ends the run like Ctrl-C: the exception unwinds every
+    cleanup path, the open transaction is rolled back with its connection, and the exit code says so.
+    A statement already running at the server finishes or fails first (libpq waits for it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _dispatch(args) -> int:
@@ -204,6 +321,13 @@ def _dispatch(args) -> int:
     except BridgeDbError as exc:
         _print_error(exc, as_json)
         return exc.exit_code
+    except Terminated:
+        print(
+            "terminated (SIGTERM): the open transaction was rolled back, nothing from it was committed; "
+            "run the same command again to finish",
+            file=sys.stderr,
+        )
+        return 143
     except KeyboardInterrupt:
         print("interrupted: the running transaction was rolled back by the server", file=sys.stderr)
         return 130
@@ -221,8 +345,10 @@ LOGGED_VERBS = {"migrate", "rollback", "reset", "backup", "restore", "prune", "g
 
 @contextmanager
 def _run_log(args):
-    """Copy everything the command prints into log_dir/<env>-<verb>-<UTC time>.log when the
-    environment's policy names a log_dir. The log never gets the command line (it may hold a DSN)."""
+    """Copy everything the command prints into log_dir/<env>-<verb>-<UTC time>.log (0600, in a folder
+    created 0700) when the environment's policy names a log_dir. The log never gets the command line
+    (it may hold a DSN). A log that cannot be written (unwritable, full, size-limited) is a warning:
+    it never turns the command's result into a failure."""
     log_dir = None
     if args.verb in LOGGED_VERBS and not getattr(args, "dry_run", False):
         try:
@@ -240,31 +366,70 @@ def _run_log(args):
         return
     from datetime import UTC, datetime
 
-    log_dir.mkdir(parents=True, exist_ok=True)
+    from .backup import private_folder
+
     now = datetime.now(UTC)
     path = log_dir / f"{args.env}-{args.verb}-{now.strftime('%Y%m%dT%H%M%S%fZ')}.log"
-    with open(path, "x", encoding="utf-8") as log:
+    try:
+        private_folder(log_dir)
+        log = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8")
         log.write(f"# bridge-db {__version__} {args.verb} --env {args.env} at {now.isoformat()}\n")
-        out, err = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
+    except (OSError, BridgeDbError) as exc:
+        _log_warning(log_dir, exc)
+        yield
+        return
+    out, err = sys.stdout, sys.stderr
+    tee_out, tee_err = _Tee(out, log, err), _Tee(err, log, err)
+    sys.stdout, sys.stderr = tee_out, tee_err
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = out, err
         try:
-            yield
-        finally:
-            sys.stdout, sys.stderr = out, err
-    print(f"log: {path}", file=sys.stderr)
+            log.close()
+        except OSError as exc:
+            tee_out.failed = tee_out.failed or _log_warning(path, exc)
+    if not (tee_out.failed or tee_err.failed):
+        print(f"log: {path}", file=sys.stderr)
+
+
+def _log_warning(where, exc) -> bool:
+    reason = getattr(exc, "strerror", None) or getattr(exc, "message", None) or str(exc)
+    print(
+        f"warning: the run log {where} could not be written ({reason}); the command's result is unaffected",
+        file=sys.stderr,
+    )
+    return True
 
 
 class _Tee:
-    def __init__(self, stream, log) -> None:
-        self.stream, self.log = stream, log
+    """A stream that also copies into the run log; the first failed log write warns once and stops
+    the copying, and the stream itself goes on."""
+
+    def __init__(self, stream, log, warn_to) -> None:
+        self.stream, self.log, self.warn_to = stream, log, warn_to
+        self.failed = False
+
+    def _to_log(self, action) -> None:
+        if self.failed:
+            return
+        try:
+            action()
+        except (OSError, ValueError) as exc:
+            self.failed = True
+            print(
+                f"warning: the run log could not be written ({getattr(exc, 'strerror', None) or exc}); "
+                "the command's result is unaffected",
+                file=self.warn_to,
+            )
 
     def write(self, text: str) -> int:
-        self.log.write(text.replace("\r", "\n"))
+        self._to_log(lambda: self.log.write(text.replace("\r", "\n")))
         return self.stream.write(text)
 
     def flush(self) -> None:
         self.stream.flush()
-        self.log.flush()
+        self._to_log(self.log.flush)
 
     def isatty(self) -> bool:
         return self.stream.isatty()
@@ -313,6 +478,8 @@ def _context(args, discover: bool = True):
 
     config = load_config(args.config)
     target = resolve_target(config, args.env, args.dsn)
+    for note in target.notes:
+        print(f"note: {note}", file=sys.stderr)
     if not discover:
         return config, target, []
     folder = Path(args.migrations_dir) if args.migrations_dir else config.migrations_dir
@@ -424,7 +591,7 @@ def cmd_reset(args) -> int:
 
     _, target, migrations = _context(args)
     with HumanProgress.unless(args.json) as progress:
-        engine.reset_schema(target, lock_wait=args.lock_wait)
+        engine.reset_schema(target, lock_wait=args.lock_wait, confirm=confirmer(args.yes))
         if progress:
             print(f"reset {target.label}: schema public dropped and recreated", file=sys.stderr)
         result = engine.migrate(target, migrations, lock_wait=args.lock_wait, progress=progress)
@@ -558,13 +725,24 @@ def _backup_dir(config, target, args) -> Path:
     return Path(args.backup_dir) if getattr(args, "backup_dir", None) else config.backup_folder(target.environment)
 
 
+def _say_waiting(folder, wait_seconds: float, stream=None) -> None:
+    print(
+        f"waiting for another backup or prune in {folder} to finish (at most {wait_seconds:g}s) ...",
+        file=stream or sys.stderr,
+        flush=True,
+    )
+
+
 def cmd_backup(args) -> int:
     from .backup import prune, take_backup, write_status_marker
     from .connection import admin_target
 
-    config, target, _ = _context(args, discover=False)
-    folder = _backup_dir(config, target, args)
+    status_file = Path(args.status_file) if args.status_file else None
+    env_name = args.env
     try:
+        config, target, _ = _context(args, discover=False)
+        env_name = target.environment.name
+        folder = _backup_dir(config, target, args)
         result = take_backup(
             target,
             folder,
@@ -573,16 +751,33 @@ def cmd_backup(args) -> int:
             verify_restore=args.verify_restore,
             with_globals=args.globals,
             admin=admin_target(target, args.admin_dsn),
+            on_wait=None if args.json else _say_waiting,
         )
-        if args.prune:
-            policy = target.environment.policy
-            result.pruned = prune(folder, policy.keep_last, policy.keep_daily, policy.keep_weekly)
-    except BridgeDbError as exc:
-        if args.status_file:
-            write_status_marker(Path(args.status_file), target.environment.name, None, exc)
+    except BaseException as exc:  # monitoring hears of every failure, a crash included
+        if status_file:
+            write_status_marker(status_file, env_name, None, _as_bridge_error(exc))
         raise
-    if args.status_file:
-        write_status_marker(Path(args.status_file), target.environment.name, result)
+    prune_error: BridgeDbError | None = None
+    if args.prune:
+        policy = target.environment.policy
+        try:
+            result.pruned = prune(
+                folder,
+                policy.keep_last,
+                policy.keep_daily,
+                policy.keep_weekly,
+                lock_wait=policy.lock_wait_seconds,
+                on_wait=None if args.json else _say_waiting,
+            )
+        except BaseException as exc:
+            prune_error = _as_bridge_error(exc)
+            if status_file:  # the backup is good and fresh; the marker says so, and that pruning failed
+                write_status_marker(status_file, env_name, result, prune_error=prune_error)
+            raise
+    if status_file:
+        write_status_marker(status_file, env_name, result)
+    for name in result.stale_removed:
+        print(f"note: dropped {name}, a scratch database a killed run left behind", file=sys.stderr)
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
@@ -592,6 +787,16 @@ def cmd_backup(args) -> int:
             f"head {m.migration_head or 'none'}, {m.verified}"
         )
     return 0
+
+
+def _as_bridge_error(exc: BaseException) -> BridgeDbError:
+    if isinstance(exc, BridgeDbError):
+        return exc
+    if isinstance(exc, KeyboardInterrupt):
+        error = BridgeDbError("interrupted", "run the backup again")
+        error.exit_code = 143 if isinstance(exc, Terminated) else 130
+        return error
+    return BridgeDbError(f"unexpected error: {type(exc).__name__}: {exc}", "report it with this output")
 
 
 def cmd_backups(args) -> int:
@@ -612,33 +817,46 @@ def cmd_backups(args) -> int:
                     Path(e.path).name,
                     _age(e.age_s),
                     _size(e.size_bytes),
-                    str(e.manifest.migration_head) if e.manifest else "?",
+                    str(e.manifest.migration_head) if e.manifest and not e.problem else "?",
                     e.state,
                 )
                 for e in entries
             ]
         )
+    for e in entries:
+        if e.problem:
+            print(f"warning: {Path(e.path).name}: manifest not trusted: {e.problem}; kept", file=sys.stderr)
     return 0
 
 
 def cmd_prune(args) -> int:
-    from .backup import prune
+    from .backup import list_backups, prune
 
     config, target, _ = _context(args, discover=False)
     policy = target.environment.policy
+    folder = _backup_dir(config, target, args)
     deleted = prune(
-        _backup_dir(config, target, args), policy.keep_last, policy.keep_daily, policy.keep_weekly, dry_run=args.dry_run
+        folder,
+        policy.keep_last,
+        policy.keep_daily,
+        policy.keep_weekly,
+        dry_run=args.dry_run,
+        lock_wait=policy.lock_wait_seconds,
+        on_wait=None if args.json else _say_waiting,
     )
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "deleted": deleted}))
     else:
         verb = "would delete" if args.dry_run else "deleted"
         print(
-            f"{verb} {len(deleted)} backup(s) (keep last {policy.keep_last}, daily {policy.keep_daily}, "
+            f"{verb} {len(deleted)} file(s) (keep last {policy.keep_last}, daily {policy.keep_daily}, "
             f"weekly {policy.keep_weekly})"
         )
         for path in deleted:
             print(f"  {path}")
+        for e in list_backups(folder):
+            if e.problem:
+                print(f"warning: {Path(e.path).name}: manifest not trusted: {e.problem}; kept", file=sys.stderr)
     return 0
 
 
@@ -656,6 +874,8 @@ def cmd_restore(args) -> int:
         confirm=confirmer(args.yes),
         jobs=args.jobs,
     )
+    for name in result.stale_removed:
+        print(f"note: dropped {name}, a scratch database a killed run left behind", file=sys.stderr)
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
@@ -675,7 +895,8 @@ def confirmer(yes: bool):
             return True
         if not sys.stdin.isatty():
             raise RefusedByPolicy(
-                "this needs confirmation and there is no terminal to ask", "pass --yes to confirm non-interactively"
+                f"not confirmed, there is no terminal to ask: {question} Nothing was changed.",
+                "pass --yes to confirm non-interactively",
             )
         return input(f"{question} Type yes to continue: ").strip().lower() == "yes"
 
@@ -811,6 +1032,9 @@ class HumanProgress:
 
     def backing_up(self, folder) -> None:
         print(f"  backing up into {folder} before migrating ...", file=self.stream, flush=True)
+
+    def waiting_for_backup_folder(self, folder, wait_seconds: float) -> None:
+        _say_waiting(folder, wait_seconds, self.stream)
 
     def retrying(self, migration, attempt, retries, delay, blockers) -> None:
         self._stop_ticker(newline=True)

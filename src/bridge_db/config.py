@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import string
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -19,6 +21,9 @@ OTHER_KEYS = {"embedded", "embedded_dir", "migrations_dir"}
 FORBIDDEN_KEYS = {"password", "passwd", "pass", "dsn", "url"}
 CHOICES = {"backup_format": ("custom", "directory")}
 ROLE_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# The longest wait PostgreSQL's lock_timeout can express (INT_MAX milliseconds).
+MAX_WAIT_SECONDS = 2_147_483
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ class Config:
 
     def backup_folder(self, environment: Environment) -> Path:
         """backup_dir with {env} filled in, relative to the project root unless absolute."""
-        folder = Path(environment.policy.backup_dir.format(env=environment.name))
+        folder = Path(environment.policy.backup_dir.replace("{env}", environment.name))
         return folder if folder.is_absolute() else self.project_root / folder
 
     def environment(self, name: str) -> Environment:
@@ -141,7 +146,7 @@ def parse_config(data: dict, path: Path) -> Config:
             raise UsageError(f"{path}: [environments.{name}] must be a table", "see README: Environments")
         _check_keys(path, f"environments.{name}", settings)
         merged = {**POLICY_DEFAULTS, "connect_timeout": 10, **defaults, **settings}
-        connection = {k: merged[k] for k in CONNECTION_KEYS if k in merged}
+        connection = {k: _connection_value(path, name, k, merged[k]) for k in CONNECTION_KEYS if k in merged}
         if "database" not in connection and "service" not in connection:
             raise UsageError(f"{path}: [environments.{name}] has no database", 'add database = "omninode_bridge"')
         policy = Policy(**{key: _typed(path, name, key, merged[key]) for key in POLICY_DEFAULTS})
@@ -170,6 +175,37 @@ def _check_keys(path: Path, section: str, table: dict) -> None:
         )
 
 
+def _connection_value(path: Path, env: str, key: str, value: object) -> object:
+    """libpq parameters, checked here so that a wrong type is a configuration error (exit 2), not a
+    failed connection."""
+    where = f"{path}: [environments.{env}] {key}"
+    if key == "port":
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            raise UsageError(f"{where} must be a port number from 1 to 65535", "e.g. port = 5432")
+    elif key == "connect_timeout":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WAIT_SECONDS:
+            raise UsageError(f"{where} must be a whole number of seconds", "e.g. connect_timeout = 10")
+    elif not isinstance(value, str) or not value or "\0" in value:
+        raise UsageError(f"{where} must be a non-empty string", f'e.g. {key} = "..."')
+    elif key == "sslmode" and value not in SSLMODES:
+        raise UsageError(f"{where} must be one of {', '.join(SSLMODES)}", 'e.g. sslmode = "verify-full"')
+    return value
+
+
+def _check_backup_dir(where: str, value: str) -> None:
+    """backup_dir may hold {env} and nothing else in braces: anything else would fail later, in every
+    command that reads the folder."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+    except ValueError as exc:
+        raise UsageError(f"{where}: {value!r} is not a valid folder template ({exc})", 'e.g. "backups/{env}"') from None
+    if any(f != "env" for f in fields):
+        raise UsageError(
+            f"{where}: {value!r} uses a placeholder other than {{env}}",
+            'only {env} is filled in (the environment name), e.g. backup_dir = "backups/{env}"',
+        )
+
+
 def _typed(path: Path, env: str, key: str, value: object, default: object = None) -> object:
     """Check `value` against the type of the key's default; role names and choices too."""
     default = POLICY_DEFAULTS.get(key, default)
@@ -178,8 +214,16 @@ def _typed(path: Path, env: str, key: str, value: object, default: object = None
         if not isinstance(value, bool):
             raise UsageError(f"{where} must be true or false", f"e.g. {key} = {str(default).lower()}")
     elif isinstance(default, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise UsageError(f"{where} must be a non-negative number", f"e.g. {key} = {default}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+            or (isinstance(default, int) and value != int(value))
+        ):
+            raise UsageError(f"{where} must be a finite, non-negative number", f"e.g. {key} = {default}")
+        if key == "lock_wait_seconds" and value > MAX_WAIT_SECONDS:
+            raise UsageError(f"{where} must be at most {MAX_WAIT_SECONDS}", f"e.g. {key} = {default}")
         value = type(default)(value)
     elif isinstance(default, tuple):
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
@@ -187,6 +231,8 @@ def _typed(path: Path, env: str, key: str, value: object, default: object = None
         value = tuple(value)
     elif not isinstance(value, str):
         raise UsageError(f"{where} must be a string", f'e.g. {key} = "{default}"')
+    if key == "backup_dir":
+        _check_backup_dir(where, value)
     if key in CHOICES and value not in CHOICES[key]:
         raise UsageError(f"{where} must be one of {', '.join(CHOICES[key])}", f'e.g. {key} = "{CHOICES[key][0]}"')
     if key.endswith("_role") and value and not ROLE_NAME_RE.match(value):

@@ -4,6 +4,7 @@ session advisory lock that serialises migration runners on one database."""
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
-from .config import Config, Environment
+from .config import MAX_WAIT_SECONDS, Config, Environment
 from .errors import ConnectionFailed, LockTimeout, UsageError
 
 DSN_ENV_VAR = "BRIDGE_DB_DSN"
@@ -33,6 +34,10 @@ class Target:
     params: dict[str, object]
     dsn: str | None = None
     embedded: object | None = field(default=None, compare=False)  # EmbeddedCluster, started on demand
+    # True when --dsn / $BRIDGE_DB_DSN reaches a database that is not this environment's own (nor any
+    # other environment's): destructive verbs then ask first, naming the database.
+    foreign: bool = False
+    notes: tuple[str, ...] = ()  # what the user should know about how the target was resolved
 
     @property
     def label(self) -> str:
@@ -64,30 +69,71 @@ class Target:
 def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Target:
     """The environment's connection, unless --dsn (or $BRIDGE_DB_DSN) overrides it.
 
-    An embedded environment without an override connects to the project-local cluster.
+    An embedded environment without an override connects to the project-local cluster. An override
+    gets the policy of the database it actually reaches: the environment's own, another environment's
+    when it names that one's database, else the environment's marked `foreign`, so that destructive
+    verbs ask first. The environment's sslmode is kept unless the DSN states its own.
     """
     environment = config.environment(env_name)
     if dsn is None:
         dsn = os.environ.get(DSN_ENV_VAR)
     if dsn is not None:
-        _safe_dsn_params(dsn)  # validate early, without echoing the string
-        extra = {"application_name": APPLICATION_NAME}
-        if "connect_timeout" not in dsn:
-            extra["connect_timeout"] = environment.connection.get("connect_timeout", 10)
-        return Target(environment, extra, dsn=dsn)
+        parsed = _safe_dsn_params(dsn)  # validate early, without echoing the string
+        reached = _endpoint(parsed)
+        owner = environment
+        if reached != _endpoint(_own_params(config, environment)[0]):
+            matches = [e for e in config.environments.values() if _endpoint(_own_params(config, e)[0]) == reached]
+            # the strictest of them, should two environments name the same database
+            matches.sort(key=lambda e: (e.policy.require_confirmation, e.policy.backup_before_migrate), reverse=True)
+            owner = matches[0] if matches else None
+        notes: list[str] = []
+        if owner is not None and owner is not environment:
+            notes.append(
+                f"the DSN names environment {owner.name}'s database: {owner.name}'s policy applies, "
+                f"not {environment.name}'s"
+            )
+        policy_env = owner or environment
+        extra: dict[str, object] = {"application_name": APPLICATION_NAME}
+        if "connect_timeout" not in parsed:
+            extra["connect_timeout"] = policy_env.connection.get("connect_timeout", 10)
+        env_sslmode = policy_env.connection.get("sslmode")
+        if env_sslmode and "sslmode" not in parsed:
+            extra["sslmode"] = env_sslmode
+        elif env_sslmode and parsed.get("sslmode") != env_sslmode:
+            notes.append(f"the DSN's sslmode={parsed['sslmode']} replaces {policy_env.name}'s sslmode={env_sslmode}")
+        return Target(policy_env, extra, dsn=dsn, foreign=owner is None, notes=tuple(notes))
 
+    params, cluster = _own_params(config, environment)
+    return Target(environment, params, embedded=cluster)
+
+
+def _own_params(config: Config, environment: Environment) -> tuple[dict[str, object], object | None]:
+    """The libpq parameters of the environment's own database, and its embedded cluster if any."""
     params: dict[str, object] = {"application_name": APPLICATION_NAME}
     for key, value in environment.connection.items():
         params["dbname" if key == "database" else key] = value
-    if environment.embedded:
-        from .embedded import EmbeddedCluster
+    if not environment.embedded:
+        return params, None
+    from .embedded import EmbeddedCluster
 
-        cluster = EmbeddedCluster.for_project(
-            config.project_root, port=int(params.get("port", 54329)), folder=environment.embedded_dir
-        )
-        params.update(cluster.connection_params())
-        return Target(environment, params, embedded=cluster)
-    return Target(environment, params)
+    cluster = EmbeddedCluster.for_project(
+        config.project_root, port=int(params.get("port", 54329)), folder=environment.embedded_dir
+    )
+    params.update(cluster.connection_params())
+    return params, cluster
+
+
+def _endpoint(params: dict) -> tuple[str, ...]:
+    """Which database a set of libpq parameters reaches, with libpq's own fallbacks (PGHOST, ...)."""
+
+    def value(key: str, var: str, default: str = "") -> str:
+        v = params.get(key)
+        return str(v) if v not in (None, "") else os.environ.get(var, default)
+
+    service = value("service", "PGSERVICE")
+    user = value("user", "PGUSER") or (_os_login() or "")
+    host = value("host", "PGHOST") or value("hostaddr", "PGHOSTADDR")
+    return (service, host, value("port", "PGPORT", "5432"), value("dbname", "PGDATABASE") or user)
 
 
 def with_database(target: Target, dbname: str) -> Target:
@@ -139,7 +185,11 @@ def admin_target(target: Target, admin_dsn: str | None = None) -> Target:
         admin_dsn = os.environ.get(ADMIN_DSN_ENV_VAR)
     if admin_dsn is not None:
         _safe_dsn_params(admin_dsn)
-        return replace(target, params={"application_name": APPLICATION_NAME}, dsn=admin_dsn)
+        params: dict[str, object] = {"application_name": APPLICATION_NAME}
+        sslmode = target.environment.connection.get("sslmode")
+        if sslmode and "sslmode" not in parse_conninfo(admin_dsn):
+            params["sslmode"] = sslmode
+        return replace(target, params=params, dsn=admin_dsn)
     admin_user = target.environment.policy.admin_user
     if not admin_user or target.dsn is not None:
         return target
@@ -155,7 +205,13 @@ def _os_login() -> str | None:
         return None
 
 
-def _safe_dsn_params(dsn: str) -> dict[str, str]:
+URI_PREFIXES = ("postgresql://", "postgres://")
+
+
+def parse_conninfo(dsn: str) -> dict[str, str]:
+    """libpq's own reading of a connection string or URI (password included), or UsageError without
+    echoing the string. A URI whose user or password holds an unencoded `/` or `@` is refused: libpq
+    reads part of the password as host, port or database name, which would then be printed."""
     try:
         parsed = psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.ProgrammingError:
@@ -164,6 +220,32 @@ def _safe_dsn_params(dsn: str) -> dict[str, str]:
             "the DSN is not a valid libpq connection string or postgresql:// URI",
             "check --dsn / $BRIDGE_DB_DSN (e.g. 'host=db.example port=5432 dbname=omninode_bridge user=me')",
         ) from None
+    if dsn.lstrip().startswith(URI_PREFIXES):
+        location = [parsed.get(k, "") for k in ("host", "hostaddr", "port", "dbname")]
+        ports = parsed.get("port", "").split(",")
+        if any("@" in v for v in location) or any(p and not p.isdigit() for p in ports):
+            raise UsageError(
+                "the URI does not parse as intended: its user or password holds an unencoded '/' or '@', "
+                "so libpq would read part of it as host, port or database",
+                "percent-encode them in the URI ('/' as %2F, '@' as %40), or use the key=value form and "
+                "give the password through PGPASSWORD or ~/.pgpass",
+            )
+    return parsed
+
+
+def dsn_secrets(dsn: str | None) -> list[str]:
+    """The password a DSN carries, as libpq reads it (for redaction); [] when none or unparsable."""
+    if not dsn:
+        return []
+    try:
+        password = psycopg2.extensions.parse_dsn(dsn).get("password")
+    except psycopg2.ProgrammingError:
+        return []
+    return [password] if password else []
+
+
+def _safe_dsn_params(dsn: str) -> dict[str, str]:
+    parsed = parse_conninfo(dsn)
     parsed.pop("password", None)
     # What libpq itself falls back to, so that the label names the real target.
     for key, var in (
@@ -245,6 +327,11 @@ def migration_lock(conn, wait_seconds: float, on_wait: Callable[[list[dict]], No
     A second runner waits here, and once it has the lock it re-reads history, so it finds nothing
     left to do instead of applying anything twice.
     """
+    if not math.isfinite(wait_seconds) or not 0 <= wait_seconds <= MAX_WAIT_SECONDS:
+        raise UsageError(
+            f"lock wait {wait_seconds!r} is not a number of seconds from 0 to {MAX_WAIT_SECONDS}",
+            "pass a finite --lock-wait (or lock_wait_seconds), e.g. 60",
+        )
     with conn.cursor() as cur:
         cur.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))
         if not cur.fetchone()[0]:

@@ -144,6 +144,8 @@ class Progress:
 
     def backing_up(self, folder: Path) -> None: ...
 
+    def waiting_for_backup_folder(self, folder: Path, wait_seconds: float) -> None: ...
+
     def retrying(self, migration: Migration, attempt: int, retries: int, delay: float, blockers: list) -> None: ...
 
 
@@ -281,7 +283,7 @@ def _execute(
             _parse_all(files)  # a syntax error in any file stops the run before any DDL
             if action == "apply":
                 check_required_extensions(cur, plan)
-            if policy.require_confirmation:
+            if policy.require_confirmation or (action == "rollback" and target.foreign):
                 _confirm_plan(confirm, target, action, plan)
             post_check = None
             if guarded:
@@ -618,10 +620,19 @@ def _check_or_fail(conn, cur, target: Target, action: str, last: Migration, run:
 
 def _confirm_plan(confirm, target: Target, action: str, plan: list[Migration]) -> None:
     names = ", ".join(m.label for m in plan)
-    question = f"{'Apply' if action == 'apply' else 'Roll back'} {len(plan)} migration(s) on {target.label}: {names}?"
+    question = (
+        f"{'Apply' if action == 'apply' else 'Roll back'} {len(plan)} migration(s) on database "
+        f"{target.database or '?'} ({target.label}): {names}?"
+    )
+    why = (
+        f"the DSN reaches database {target.database or '?'}, which is not environment "
+        f"{target.environment.name}'s: a rollback there"
+        if target.foreign and not target.environment.policy.require_confirmation
+        else target.environment.name
+    )
     if confirm is None or not confirm(question):
         raise RefusedByPolicy(
-            f"{target.environment.name} requires confirmation and it was not given; nothing changed",
+            f"{why} requires confirmation and it was not given; nothing changed",
             "answer yes on a terminal, or pass --yes",
         )
 
@@ -643,7 +654,8 @@ def _backup_first(target: Target, backup_dir: Path | None, run: RunContext, prog
             "free space or point backup_dir elsewhere, then run again",
         )
     progress.backing_up(backup_dir)
-    result = take_backup(target, backup_dir)
+    # a scheduled backup may hold the folder: wait for it as long as for the migration lock
+    result = take_backup(target, backup_dir, on_wait=progress.waiting_for_backup_folder)
     run.details.update(backup=result.path, backup_sha256=result.manifest.sha256)
     return result.path
 
@@ -741,14 +753,29 @@ def _rollback_quietly(conn) -> None:
 # --------------------------------------------------------------------------- reset (dev)
 
 
-def reset_schema(target: Target, lock_wait: float | None = None) -> list[str]:
+def reset_schema(
+    target: Target, lock_wait: float | None = None, confirm: Callable[[str], bool] | None = None
+) -> list[str]:
     """Drop and recreate schema public (tables, history and all) in ONE transaction, recreating the
-    extensions that lived in it. The caller migrates afterwards. Refused unless the policy allows it."""
+    extensions that lived in it. The caller migrates afterwards. Refused unless the policy of the
+    database it reaches allows it; anywhere but the embedded dev cluster it also asks first, naming
+    the database (no terminal and no --yes: refused, nothing changed)."""
     if not target.environment.policy.allow_reset:
         raise RefusedByPolicy(
             f"reset is refused on environment {target.environment.name!r}: it drops every table",
             "reset is for dev; on other environments roll back with `rollback --to VERSION`",
         )
+    if target.embedded is None:
+        database = target.database or "?"
+        question = (
+            f"Reset drops every table of database {database} ({target.label}), which is not the embedded dev cluster."
+        )
+        if confirm is None or not confirm(question):
+            raise RefusedByPolicy(
+                f"reset of database {database} ({target.label}) was not confirmed: outside the embedded dev "
+                "cluster it needs a confirmation; nothing changed",
+                f"answer yes on a terminal, or pass --yes if you mean to empty {database}",
+            )
     conn = connect(target)
     try:
         with migration_lock(conn, target.environment.policy.lock_wait_seconds if lock_wait is None else lock_wait):

@@ -98,4 +98,5 @@ EXIT_CODES: list[tuple[int, str]] = [
     (BackupFailed.exit_code, "backup or restore failed (no partial file kept, earlier backups untouched)"),
     (RefusedByPolicy.exit_code, "refused: policy (e.g. reset outside dev) or confirmation not given"),
     (130, "interrupted (Ctrl-C); the running transaction was rolled back"),
+    (143, "terminated (SIGTERM); the running transaction was rolled back"),
 ]

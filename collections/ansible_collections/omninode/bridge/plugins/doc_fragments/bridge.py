@@ -19,4 +19,10 @@ options:
   dsn:
     description: libpq connection string overriding the environment's connection (never logged).
     type: str
+  password:
+    description:
+      - The database password, e.g. from Ansible Vault (never logged). The module sets it as PGPASSWORD
+        in its own process only, so it is on no command line, in no C(ps) listing and in no -vvv output.
+      - Prefer C(.pgpass) or a service file on the control node when there is one.
+    type: str
 """

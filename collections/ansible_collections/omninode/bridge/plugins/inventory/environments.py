@@ -52,7 +52,8 @@ class InventoryModule(BaseInventoryPlugin):
     def parse(self, inventory, loader, path, cache=True):
         super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
-        project_dir = os.path.realpath(os.path.join(os.path.dirname(os.path.realpath(path)), self.get_option("project_dir")))
+        here = os.path.dirname(os.path.realpath(path))
+        project_dir = os.path.realpath(os.path.join(here, self.get_option("project_dir")))
         config_path = os.path.join(project_dir, self.get_option("config"))
         src = os.path.join(project_dir, "src")
         if src not in sys.path:
@@ -70,7 +71,8 @@ class InventoryModule(BaseInventoryPlugin):
         group = self.inventory.add_group(self.get_option("group"))
         for name in wanted:
             if name not in config.environments:
-                raise AnsibleParserError(f"{path}: unknown environment {name!r} (known: {', '.join(config.environments)})")
+                known = ", ".join(config.environments)
+                raise AnsibleParserError(f"{path}: unknown environment {name!r} (known: {known})")
             env = config.environments[name]
             host = f"{name}-db"
             self.inventory.add_host(host, group=group)

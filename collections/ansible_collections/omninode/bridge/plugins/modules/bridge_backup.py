@@ -10,7 +10,10 @@ description:
   - Check mode reports that a backup would be taken and takes none.
 options:
   backup_dir: {description: Folder for the dump (default backup_dir of the environment)., type: path}
-  verify_restore: {description: Also restore into a scratch database and compare row counts., type: bool, default: false}
+  verify_restore:
+    description: Also restore into a scratch database and compare row counts.
+    type: bool
+    default: false
   prune: {description: Apply the environment's retention afterwards., type: bool, default: false}
 extends_documentation_fragment: [omninode.bridge.bridge]
 author: OmniNode Bridge database operations team
@@ -48,7 +51,9 @@ def main():
         from bridge_db.connection import admin_target
 
         config, target, _ = engine(module)
-        folder = Path(module.params["backup_dir"]) if module.params["backup_dir"] else config.backup_folder(target.environment)
+        folder = config.backup_folder(target.environment)
+        if module.params["backup_dir"]:
+            folder = Path(module.params["backup_dir"])
         if module.check_mode:
             return dict(changed=True, path=None, folder=str(folder))
         result = take_backup(target, folder, verify_restore=module.params["verify_restore"],
