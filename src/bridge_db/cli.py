@@ -316,7 +316,11 @@ def _context(args, discover: bool = True):
     if not discover:
         return config, target, []
     folder = Path(args.migrations_dir) if args.migrations_dir else config.migrations_dir
-    return config, target, discover_migrations(folder)
+    return config, target, discover_migrations(folder, warn=_warn)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- commands
@@ -697,7 +701,8 @@ def cmd_lint(args) -> int:
 
     config = load_config(args.config)
     folder = Path(args.migrations_dir) if args.migrations_dir else config.migrations_dir
-    migrations = discover_migrations(folder)
+    # A pair just scaffolded by `new` has no statement yet: lint checks its header; migrate refuses it.
+    migrations = discover_migrations(folder, warn=_warn, allow_empty=True)
     findings = lint_migrations(migrations, use_squawk=not args.no_squawk)
     if args.json:
         print(json.dumps({"migrations": len(migrations), "findings": [f.__dict__ for f in findings]}))
