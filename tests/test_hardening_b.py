@@ -165,6 +165,26 @@ def test_verify_reports_objects_that_no_applied_migration_declares(db, migration
     assert run_cli("verify", "--dsn", db.dsn).returncode == 5
 
 
+def test_verify_in_both_directions_accepts_partitions_and_tables_built_from_others(db, migrations_copy):
+    _add(
+        migrations_copy,
+        7,
+        "CREATE TABLE events (id int, at date) PARTITION BY RANGE (at);\n"
+        "CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');\n"
+        "CREATE INDEX idx_events_at ON events (at);\n"
+        "CREATE TABLE events_copy (LIKE events);\n",
+        "DROP TABLE events_copy, events;\n",
+    )
+    migrations = discover_migrations(migrations_copy)
+    engine.migrate(db.target(), migrations)
+    assert engine.verify(db.target(), migrations).problems == []
+    db.query("ALTER TABLE events_copy DROP COLUMN at")  # a LIKE table still has no column check: nothing to report
+    db.query("DROP TABLE events_2026")
+    assert engine.verify(db.target(), migrations).problems == [
+        "table events_2026 is missing (declared by an applied migration)"
+    ]
+
+
 # --------------------------------------------------------------------------- splitting and parsing
 
 
@@ -402,6 +422,16 @@ def test_the_missing_extension_hint_is_one_safe_shell_command(admin_dsn):
         assert command == ["psql", "-d", name, "-c", 'CREATE EXTENSION IF NOT EXISTS "uuid-ossp";']
     finally:
         drop_database(admin_dsn, name)
+
+
+def test_the_create_database_hint_is_shell_quoted(admin_dsn):
+    from conftest import dsn_for
+
+    name = f"no such'db; touch x {uuid.uuid4().hex[:6]}"
+    out = run_cli("status", "--dsn", dsn_for(admin_dsn, name), "--json")
+    assert out.returncode == 3
+    hint = json.loads(out.stdout)["next_step"]
+    assert shlex.split(hint.split("(", 1)[1].split(")", 1)[0]) == ["createdb", name]
 
 
 @pytest.fixture

@@ -32,7 +32,6 @@ from .errors import (
     UsageError,
     ValidationFailed,
 )
-from .extensions import UNDEFINED_FILE, missing_library
 from .history import (
     AppliedMigration,
     RunContext,
@@ -45,6 +44,8 @@ from .history import (
     record_progress,
     record_rolled_back,
 )
+
+UNDEFINED_FILE = "58P01"  # "could not load library"/"could not access file": a package missing on the host
 
 # --------------------------------------------------------------------------- results
 
@@ -737,6 +738,8 @@ def _step_failed(conn, target, action, migration, sql_file: SqlFile, statement, 
     if isinstance(exc, psycopg2.errors.LockNotAvailable) and statement is not None:
         return LockBlocked(sql_file.path.name, statement.line, blockers_of(conn, statement.relations))
     if exc.pgcode == UNDEFINED_FILE:  # the server cannot load a library: the host lacks a package, not the SQL
+        from .extensions import missing_library
+
         where = f"{sql_file.path.name}:{line}" if line else sql_file.path.name
         return missing_library(f"{where} (rolled back, nothing recorded)", exc)
     where = f"{sql_file.path.name}:{line}" if line else sql_file.path.name
@@ -758,6 +761,8 @@ def _database_error(target: Target, conn, exc: psycopg2.Error) -> BridgeDbError:
         return lost_connection(target, exc)
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if exc.pgcode == UNDEFINED_FILE:
+        from .extensions import missing_library
+
         return missing_library(target.label, exc)
     if exc.pgcode == "42501":
         return PrerequisiteMissing(
@@ -902,6 +907,9 @@ def verify(target: Target, migrations: list[Migration]) -> VerifyReport:
     return VerifyReport(target.label, max(applied, default=None), len(applied), checked, problems)
 
 
+ANY_COLUMNS = "*"  # a declared table whose columns the file does not list (PARTITION OF, LIKE, ...)
+
+
 def declared_objects(applied: list[Migration]) -> dict:
     """Tables (with columns) and indexes that the applied forward files leave behind, in order."""
     from pglast import ast, enums
@@ -913,6 +921,13 @@ def declared_objects(applied: list[Migration]) -> dict:
             stmt = raw.stmt
             if isinstance(stmt, ast.CreateStmt):
                 cols = {e.colname for e in (stmt.tableElts or ()) if isinstance(e, ast.ColumnDef)}
+                if (
+                    stmt.inhRelations
+                    or stmt.partbound
+                    or stmt.ofTypename
+                    or any(isinstance(e, ast.TableLikeClause) for e in (stmt.tableElts or ()))
+                ):
+                    cols.add(ANY_COLUMNS)  # PARTITION OF, INHERITS, OF type, LIKE: columns come from elsewhere
                 tables.setdefault(_qualified(stmt.relation), set()).update(cols)
             elif isinstance(stmt, ast.IndexStmt) and stmt.idxname:
                 schema = stmt.relation.schemaname
@@ -960,7 +975,7 @@ def _missing_objects(cur, expected: dict) -> list[str]:
         if not exists:
             problems.append(f"table {table} is missing (declared by an applied migration)")
             continue
-        for column in sorted(columns - set(live_columns)):
+        for column in sorted(columns - set(live_columns) - {ANY_COLUMNS}):
             problems.append(f"column {table}.{column} is missing (declared by an applied migration)")
     for index, file in sorted(expected["indexes"].items()):
         cur.execute("SELECT to_regclass(%s) IS NOT NULL", (index,))
@@ -992,6 +1007,8 @@ def _undeclared_objects(cur, expected: dict) -> list[str]:
            AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
                                                       AND d.objid = c.oid AND d.deptype = 'e')
            AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = c.oid AND k.contype IN ('p', 'u', 'x'))
+           -- an index on a partition, created with its partitioned parent index
+           AND NOT (c.relkind = 'i' AND EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = c.oid))
            AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indexrelid = c.oid
                                                       AND i.indrelid IN (SELECT to_regclass('public.' || t)
                                                                            FROM unnest(%s::text[]) t))
@@ -1009,7 +1026,7 @@ def _undeclared_objects(cur, expected: dict) -> list[str]:
             continue
         elif name not in declared_tables:
             problems.append(f"table public.{name} is not declared by any applied migration")
-        else:
+        elif ANY_COLUMNS not in declared_tables[name]:
             for column in sorted(set(columns) - declared_tables[name]):
                 problems.append(f"column public.{name}.{column} is not declared by any applied migration")
     return problems
