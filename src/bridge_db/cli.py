@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import threading
 import time
@@ -459,7 +460,8 @@ def cmd_db(args) -> int:
         if status.server_version:
             print(f"  version: PostgreSQL {status.server_version} ({status.bindir or 'binaries not found'})")
         if status.running:
-            print(f"  connect: psql -h {status.socket_dir} -p {status.port} -U postgres -d {target.database}")
+            command = ["psql", "-h", str(status.socket_dir), "-p", str(status.port), "-U", "postgres"]
+            print(f"  connect: {shlex.join([*command, '-d', str(target.database)])}")
     return 0
 
 

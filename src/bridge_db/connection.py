@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -222,7 +223,7 @@ def _connection_failed(target: Target, exc: Exception) -> ConnectionFailed:
     if "password authentication failed" in text or "no password supplied" in text:
         hint = "provide the password via PGPASSWORD, ~/.pgpass or a service file (never in environments.toml)"
     elif "does not exist" in text and "database" in text:
-        hint = f"create the database first (createdb {target.database or 'omninode_bridge'}), see README"
+        hint = f"create the database first (createdb {shlex.quote(target.database or 'omninode_bridge')}), see README"
     elif "timeout" in text:
         hint = "the server did not answer in time: check host, port, firewall and connect_timeout"
     else:

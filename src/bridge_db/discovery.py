@@ -6,7 +6,6 @@ without touching a database.
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import hashlib
 import os
@@ -472,6 +471,8 @@ def scaffold_migration(directory: Path, description: str) -> tuple[Path, Path]:
 @contextmanager
 def _folder_lock(directory: Path) -> Iterator[None]:
     """An exclusive flock on the folder itself: no lock file to leave behind or to mistake for a migration."""
+    import fcntl
+
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
