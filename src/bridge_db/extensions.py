@@ -13,7 +13,6 @@ from .connection import Target, cursor_for
 from .errors import PrerequisiteMissing
 
 PRELOADED = {"pg_stat_statements"}  # extensions that only work when in shared_preload_libraries
-UNDEFINED_FILE = "58P01"  # "could not load library" / "could not access file": the server host lacks a file
 # Shared libraries that contrib modules link against, and the packages that ship them.
 LIBRARY_PACKAGES = {
     "libossp-uuid": "libossp-uuid16 (Debian/Ubuntu) or uuid (RHEL: dnf install uuid)",
