@@ -76,6 +76,31 @@ def test_a_migration_in_a_single_transaction_run_starts_from_the_same_state(db, 
     assert db.query("SELECT to_regclass('public.t8') IS NOT NULL") == [(True,)]
 
 
+def test_the_reset_keeps_what_the_driver_needs_and_the_databases_own_defaults(db, migrations_copy):
+    """RESET ALL returns to the session's defaults: ALTER DATABASE ... SET values stay, and the ISO
+    date style psycopg2 sets at connect is set again, so history timestamps still read back."""
+    db.query(f"ALTER DATABASE \"{db.name}\" SET datestyle = 'SQL, DMY'")
+    db.query(f"ALTER DATABASE \"{db.name}\" SET bridge_test.marker = 'db-default'")
+    _add(
+        migrations_copy,
+        7,
+        "SELECT set_config('bridge_test.marker', 'changed by 007', false);\n",
+        name="marker",
+    )
+    _add(
+        migrations_copy,
+        8,
+        "CREATE TABLE IF NOT EXISTS t8 AS SELECT current_setting('bridge_test.marker') AS marker;\n",
+        "DROP TABLE IF EXISTS t8;\n",
+        name="t8",
+    )
+    out = _migrate(db, migrations_copy)
+    assert out.returncode == 0, out.stderr
+    assert db.query("SELECT marker FROM t8") == [("db-default",)]
+    out = _migrate(db, migrations_copy, "--json")  # reads the history's timestamps after the reset
+    assert out.returncode == 0 and json.loads(out.stdout)["head_after"] == 8, out.stderr
+
+
 # --------------------------------------------------------------------------- the engine's own tables
 
 

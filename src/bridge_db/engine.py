@@ -1057,19 +1057,17 @@ _RESET_SESSION = (
 
 def _fresh_session(cur, target: Target, timeouts: str | None = None) -> None:
     """The same session state for every migration: settings reset, the login user's identity, then the
-    owner role and (for a migration) the policy's timeouts, for the transaction or for the session."""
-    cur.execute(_RESET_SESSION)
-    if timeouts:
-        policy = target.environment.policy
-        cur.execute(
-            "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)",
-            (
-                f"{policy.lock_timeout_ms}ms",
-                timeouts == "transaction",
-                f"{policy.statement_timeout_ms}ms",
-                timeouts == "transaction",
-            ),
-        )
+    owner role and (for a migration) the policy's timeouts, for the transaction or for the session.
+    One round trip (two with an owner role)."""
+    policy = target.environment.policy
+    local = timeouts == "transaction"
+    cur.execute(
+        _RESET_SESSION + "; SELECT "
+        # psycopg2 reads dates in ISO and sets it at connect when the server's default differs: again here
+        "CASE WHEN current_setting('datestyle') NOT LIKE 'ISO%%' THEN set_config('datestyle', 'ISO', false) END"
+        + (", set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)" if timeouts else ""),
+        (f"{policy.lock_timeout_ms}ms", local, f"{policy.statement_timeout_ms}ms", local) if timeouts else None,
+    )
     _become_owner(cur, target)
 
 
