@@ -466,6 +466,7 @@ def _run_without_transaction(
             target,
             migration,
             lambda n=number: record_progress(cur, migration.version, action, sql_file.checksum, n),
+            transactional=False,
         )
     elapsed = _ms_since(t0)
     _fresh_session(cur, target)
@@ -476,7 +477,7 @@ def _run_without_transaction(
         clear_progress(cur, migration.version)
         cur.execute("COMMIT")
 
-    _write_history(conn, target, migration, record)
+    _write_history(conn, target, migration, record, transactional=False)
     step = StepResult(action, migration.version, migration.name, sql_file.path.name, elapsed)
     progress.step_finished(step)
     return step
@@ -1071,7 +1072,9 @@ def _fresh_session(cur, target: Target, timeouts: str | None = None) -> None:
     _become_owner(cur, target)
 
 
-def _write_history(conn, target: Target, migration: Migration, write: Callable[[], object]) -> None:
+def _write_history(
+    conn, target: Target, migration: Migration, write: Callable[[], object], transactional: bool = True
+) -> None:
     """An engine write (history, log, progress rows). Its failure is the engine's: its own message and
     exit code, never "fix the SQL" against the migration file that ran before it."""
     try:
@@ -1083,7 +1086,12 @@ def _write_history(conn, target: Target, migration: Migration, write: Callable[[
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise HistoryUnusable(
             f"{migration.label}: its statements ran, but bridge-db could not write its history: {first} "
-            f"(sqlstate {exc.pgcode}); nothing from the migration's transaction was kept",
+            f"(sqlstate {exc.pgcode}); "
+            + (
+                "nothing from the migration's transaction was kept"
+                if transactional
+                else "the statements that ran stay (no-transaction file); a rerun resumes after the last recorded one"
+            ),
             "check public.schema_migrations and public.schema_migrations_log (owner, privileges, triggers) "
             "or the migration's session changes (SET TRANSACTION READ ONLY), then run again",
             version=migration.version,
