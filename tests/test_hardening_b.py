@@ -549,3 +549,11 @@ def test_parallel_new_never_creates_duplicate_numbers(migrations_copy):
     numbers = sorted(p.name[:3] for p in migrations_copy.glob("*_change_*.sql") if "_rollback_" not in p.name)
     assert numbers == [f"{v:03d}" for v in range(7, 7 + count)]
     assert len(discover_migrations(migrations_copy, allow_empty=True)) == 6 + count
+
+
+def test_a_foreign_object_in_the_way_of_the_history_bootstrap_is_the_engines_error(db):
+    db.query("CREATE VIEW schema_migrations_progress AS SELECT 1 AS x")  # someone else's, with our name
+    out = run_cli("migrate", "--dsn", db.dsn)
+    assert out.returncode == 10, out.stderr
+    assert "history tables" in out.stderr and "Traceback" not in out.stderr and "report it" not in out.stderr
+    assert bridge_tables(db.connect()) == []

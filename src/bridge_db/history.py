@@ -172,6 +172,15 @@ def ensure_history_tables(cur) -> None:
                 "the migration user needs CREATE on schema public (GRANT CREATE ON SCHEMA public TO <user>, "
                 "or make it the database owner) and must own existing history tables; see README: Troubleshooting",
             ) from None
+        except psycopg2.Error as exc:
+            if cur.connection.closed or isinstance(exc, psycopg2.OperationalError) and exc.pgcode is None:
+                raise  # a lost connection: the caller reports it as such
+            raise HistoryUnusable(
+                f"cannot create or upgrade bridge-db's history tables in schema public: {_first_line(exc)} "
+                f"(sqlstate {exc.pgcode}); nothing was run",
+                "check the objects named schema_migrations* in schema public (another tool's, or locked by a long "
+                "transaction), then run again",
+            ) from None
 
 
 def _first_line(exc: Exception) -> str:
