@@ -120,6 +120,10 @@ def test_new_scaffolds_the_next_pair_that_passes_validation(db, migrations_copy)
     assert forward.is_file() and rollback.is_file()
     assert "-- Rollback:    007_rollback_add_index_workflow_steps_status.sql" in forward.read_text()
     out = run_cli("migrate", "--dsn", db.dsn, "--migrations-dir", str(migrations_copy), "--json")
+    assert out.returncode == 5 and "has no SQL statement" in json.loads(out.stdout)["message"]  # unfinished
+    forward.write_text(forward.read_text() + "CREATE INDEX IF NOT EXISTS idx_ws_status2 ON workflow_steps (status);\n")
+    rollback.write_text(rollback.read_text() + "DROP INDEX IF EXISTS idx_ws_status2;\n")
+    out = run_cli("migrate", "--dsn", db.dsn, "--migrations-dir", str(migrations_copy), "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["head_after"] == 7
     out = run_cli("new", "Bad Name!", "--migrations-dir", str(migrations_copy))
     assert out.returncode == 2

@@ -113,6 +113,41 @@ def test_sigkill_at_each_statement_boundary_leaves_nothing_and_the_rerun_complet
     assert _state(db)[1] == [1, 2, 3, 4, 5, 6, 7]
 
 
+def test_sigkill_during_a_no_transaction_statement_and_the_rerun_does_not_repeat_it(db, migrations_copy):
+    """The runner dies while CREATE INDEX CONCURRENTLY runs; the server finishes the build, but no
+    progress row says so. The rerun must find the index built instead of failing on it (a291768 ran
+    the statement again: 'relation already exists', and duplicated rows for an INSERT)."""
+    engine.migrate(db.target(), discover_migrations(migrations_copy))
+    db.query(
+        "CREATE FUNCTION slow_ident(x int) RETURNS int LANGUAGE plpgsql IMMUTABLE "
+        "AS $$BEGIN PERFORM pg_sleep(0.4); RETURN x; END$$"
+    )
+    db.query("CREATE TABLE kill_target (id int)")
+    db.query("INSERT INTO kill_target VALUES (1), (2)")
+    (migrations_copy / "007_index_kill_target.sql").write_text(
+        "-- bridge:no-transaction\n"
+        "CREATE INDEX CONCURRENTLY kill_a ON kill_target (id);\n"
+        "CREATE INDEX CONCURRENTLY kill_b ON kill_target (slow_ident(id));\n"
+        "CREATE INDEX CONCURRENTLY kill_c ON kill_target ((id + 1));\n"
+    )
+    (migrations_copy / "007_rollback_index_kill_target.sql").write_text(
+        "-- bridge:no-transaction\nDROP INDEX CONCURRENTLY IF EXISTS kill_c;\n"
+        "DROP INDEX CONCURRENTLY IF EXISTS kill_b;\nDROP INDEX CONCURRENTLY IF EXISTS kill_a;\n"
+    )
+    runner = _start(["migrate", "--dsn", db.dsn, "--migrations-dir", str(migrations_copy)])
+    backend = _wait_for_query(db, "CREATE INDEX CONCURRENTLY kill_b")
+    runner.send_signal(signal.SIGKILL)
+    runner.wait(timeout=30)
+    _wait_until_gone(db, backend)  # the server completes the statement, then notices the client is gone
+    assert db.query("SELECT indisvalid FROM pg_index WHERE indexrelid = 'kill_b'::regclass") == [(True,)]
+    assert db.query("SELECT statement_index FROM schema_migrations_progress WHERE version = 7") == [(0,)]
+    out = run_cli("migrate", "--dsn", db.dsn, "--migrations-dir", str(migrations_copy))
+    assert out.returncode == 0, out.stderr
+    assert _state(db)[1] == [1, 2, 3, 4, 5, 6, 7]
+    assert db.query("SELECT count(*) FROM pg_indexes WHERE tablename = 'kill_target'") == [(3,)]
+    assert db.query("SELECT count(*) FROM schema_migrations_progress") == [(0,)]
+
+
 def test_dropped_connection_is_exit_3_and_the_rerun_completes(db, migrations_copy):
     _slow_migration(migrations_copy, 2)
     runner = _start(["migrate", "--dsn", db.dsn, "--migrations-dir", str(migrations_copy)])

@@ -166,23 +166,26 @@ def test_invalid_index_from_a_failed_concurrent_build_is_rebuilt(db, migrations_
 
 def test_no_transaction_migration_resumes_after_the_last_completed_statement(db, migrations_copy):
     engine.migrate(db.target(), discover_migrations(migrations_copy))
+    db.query(
+        "INSERT INTO node_registrations (node_id, node_type, node_version) VALUES ('a', 't', '9'), ('b', 't', '9')"
+    )
     _add(
         migrations_copy,
         7,
         NO_TX
-        + "CREATE INDEX CONCURRENTLY idx_ws_name ON workflow_steps (step_name);\n"  # no IF NOT EXISTS
-        + "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_ws_time ON workflow_steps (execution_time_ms);\n"
-        + "SELECT 1 / (SELECT count(*) FROM fsm_transitions);\n",
+        + "CREATE INDEX CONCURRENTLY idx_ws_started ON workflow_steps (step_name);\n"  # no IF NOT EXISTS
+        + "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_ws_completed ON workflow_steps (execution_time_ms);\n"
+        + "CREATE UNIQUE INDEX CONCURRENTLY uq_nr_version ON node_registrations (node_version);\n",
     )
-    with pytest.raises(MigrationFailed, match="division by zero"):
+    with pytest.raises(MigrationFailed, match="could not create unique index"):
         engine.migrate(db.target(), discover_migrations(migrations_copy))
     assert db.query("SELECT statement_index FROM schema_migrations_progress WHERE version = 7") == [(1,)]
-    db.query(
-        "INSERT INTO fsm_transitions (entity_id, entity_type, to_state, transition_event) "
-        "VALUES (uuid_generate_v4(), 'workflow', 'PENDING', 'created')"
-    )
-    result = engine.migrate(db.target(), discover_migrations(migrations_copy))  # would fail if it re-ran statement 1
+    built = "SELECT pg_relation_filenode('idx_ws_started')"
+    before = db.query(built)
+    db.query("DELETE FROM node_registrations WHERE node_id = 'b'")
+    result = engine.migrate(db.target(), discover_migrations(migrations_copy))
     assert [s.version for s in result.steps] == [7]
+    assert db.query(built) == before  # statement 0 was not run again (it would fail: no IF NOT EXISTS)
     assert db.query("SELECT count(*) FROM schema_migrations_progress") == [(0,)]
 
 

@@ -155,7 +155,7 @@ def test_grant_is_idempotent_and_check_changes_nothing(db, roles):
     db.query(f"GRANT TRUNCATE ON workflow_steps TO {roles['app_role']}")  # drift
     third = reconcile_privileges(target, declared_roles(target), check=True)
     assert [c.statement for c in third.changes] == [
-        f'REVOKE TRUNCATE ON TABLE "workflow_steps" FROM "{roles["app_role"]}"'
+        f'REVOKE TRUNCATE ON TABLE "public"."workflow_steps" FROM "{roles["app_role"]}"'
     ]
 
 

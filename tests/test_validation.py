@@ -139,26 +139,3 @@ def test_out_of_order_history_is_refused(db, migrations):
     db.query("DELETE FROM schema_migrations WHERE version = 3")
     with pytest.raises(ValidationFailed, match="003_create_fsm_transitions.sql is pending but newer migration 00[67]"):
         engine.migrate(db.target(), migrations)
-
-
-def test_statement_cache_gives_the_same_statements_and_survives_damage(migrations_copy, tmp_path, monkeypatch):
-    from bridge_db import discovery
-
-    monkeypatch.setenv(discovery.CACHE_ENV, str(tmp_path / "cache"))
-    parsed = discover_migrations(migrations_copy)[1].forward.statements  # parses and writes the cache
-    cached = discover_migrations(migrations_copy)[1].forward.statements  # reads it
-    assert cached == parsed and len(parsed) > 5
-    for file in (tmp_path / "cache").rglob("*.json"):
-        file.write_text("{not json")
-    assert discover_migrations(migrations_copy)[1].forward.statements == parsed
-
-
-def test_cached_statements_still_refuse_transaction_control(migrations_copy, tmp_path, monkeypatch):
-    from bridge_db import discovery
-
-    monkeypatch.setenv(discovery.CACHE_ENV, str(tmp_path / "cache"))
-    (migrations_copy / "007_create_x.sql").write_text("BEGIN;\nCREATE TABLE x (id int);\nCOMMIT;\n")
-    (migrations_copy / "007_rollback_x.sql").write_text("DROP TABLE IF EXISTS x;\n")
-    for _ in range(2):  # the second time from the cache
-        with pytest.raises(ValidationFailed, match="transaction control"):
-            _ = discover_migrations(migrations_copy)[6].forward.statements

@@ -30,7 +30,7 @@ from psycopg2 import sql
 
 from .connection import Target, connect, cursor_for, libpq_environment, with_database
 from .errors import BackupFailed, PrerequisiteMissing, RefusedByPolicy, UsageError
-from .history import read_applied
+from .history import applied_head
 
 MANIFEST_SUFFIX = ".manifest.json"
 GLOBALS_SUFFIX = ".globals.sql"
@@ -195,7 +195,7 @@ def take_backup(
                 version_num, server_version, database = cur.fetchone()
                 _remove_stale_partials(folder, database)
                 pg_dump, dump_major = client_tool("pg_dump", version_num // 10000)
-                head = max(read_applied(cur), default=None)
+                head = applied_head(cur)
                 # One snapshot for pg_dump and for the row counts, so that they describe the same data.
                 cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 cur.execute("SELECT pg_export_snapshot()")

@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -483,7 +484,11 @@ def _context(args, discover: bool = True):
     if not discover:
         return config, target, []
     folder = Path(args.migrations_dir) if args.migrations_dir else config.migrations_dir
-    return config, target, discover_migrations(folder)
+    return config, target, discover_migrations(folder, warn=_warn)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- commands
@@ -629,7 +634,8 @@ def cmd_db(args) -> int:
         if status.server_version:
             print(f"  version: PostgreSQL {status.server_version} ({status.bindir or 'binaries not found'})")
         if status.running:
-            print(f"  connect: psql -h {status.socket_dir} -p {status.port} -U postgres -d {target.database}")
+            command = ["psql", "-h", str(status.socket_dir), "-p", str(status.port), "-U", "postgres"]
+            print(f"  connect: {shlex.join([*command, '-d', str(target.database)])}")
     return 0
 
 
@@ -925,7 +931,8 @@ def cmd_lint(args) -> int:
 
     config = load_config(args.config)
     folder = Path(args.migrations_dir) if args.migrations_dir else config.migrations_dir
-    migrations = discover_migrations(folder)
+    # A pair just scaffolded by `new` has no statement yet: lint checks its header; migrate refuses it.
+    migrations = discover_migrations(folder, warn=_warn, allow_empty=True)
     findings = lint_migrations(migrations, use_squawk=not args.no_squawk)
     if args.json:
         print(json.dumps({"migrations": len(migrations), "findings": [f.__dict__ for f in findings]}))

@@ -24,6 +24,13 @@ ROLE_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 # The longest wait PostgreSQL's lock_timeout can express (INT_MAX milliseconds).
 MAX_WAIT_SECONDS = 2_147_483
+# Names that match ROLE_NAME_RE but that no grant can use: PUBLIC and NONE are not roles, CURRENT_USER
+# and friends are keywords, and pg_* are predefined roles that CREATE ROLE refuses.
+RESERVED_ROLE_NAMES = {"public", "none", "current_user", "current_role", "session_user"}
+
+
+def reserved_role_name(name: str) -> bool:
+    return name in RESERVED_ROLE_NAMES or name.startswith("pg_")
 
 
 @dataclass(frozen=True)
@@ -239,5 +246,10 @@ def _typed(path: Path, env: str, key: str, value: object, default: object = None
         raise UsageError(
             f"{where}: {value!r} is not a valid role name",
             "use lower case letters, digits and _ (at most 63), starting with a letter or _",
+        )
+    if key.endswith("_role") and value and reserved_role_name(value):
+        raise UsageError(
+            f"{where}: {value!r} is reserved by PostgreSQL (PUBLIC, NONE, CURRENT_USER ... and pg_* roles)",
+            "name a role of your own, e.g. bridge_app",
         )
     return value

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -304,7 +305,7 @@ def _connection_failed(target: Target, exc: Exception) -> ConnectionFailed:
     if "password authentication failed" in text or "no password supplied" in text:
         hint = "provide the password via PGPASSWORD, ~/.pgpass or a service file (never in environments.toml)"
     elif "does not exist" in text and "database" in text:
-        hint = f"create the database first (createdb {target.database or 'omninode_bridge'}), see README"
+        hint = f"create the database first (createdb {shlex.quote(target.database or 'omninode_bridge')}), see README"
     elif "timeout" in text:
         hint = "the server did not answer in time: check host, port, firewall and connect_timeout"
     else:
@@ -340,14 +341,19 @@ def migration_lock(conn, wait_seconds: float, on_wait: Callable[[list[dict]], No
                 on_wait(holders)
             if wait_seconds <= 0:
                 raise _lock_timeout(wait_seconds, holders)
-            cur.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(wait_seconds * 1000)}ms",))
+            # lock_timeout bounds the wait; a statement_timeout (ALTER DATABASE/ROLE ... SET, PGOPTIONS)
+            # would cancel it earlier and turn "wait --lock-wait, then exit 4" into a failure.
+            cur.execute(
+                "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', '0', false)",
+                (f"{int(wait_seconds * 1000)}ms",),
+            )
             try:
                 cur.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
             except psycopg2.errors.LockNotAvailable:
                 raise _lock_timeout(wait_seconds, lock_holders(conn)) from None
             finally:
                 if not conn.closed:
-                    cur.execute("RESET lock_timeout")
+                    cur.execute("RESET lock_timeout; RESET statement_timeout")
     try:
         yield
     finally:
@@ -368,6 +374,8 @@ def lock_holders(conn) -> list[dict]:
               FROM pg_locks l JOIN pg_stat_activity a USING (pid)
              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
                AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid
+               -- advisory locks are per database: another database's runner holds another lock
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
             """,
             ((LOCK_KEY >> 32) & 0xFFFFFFFF, LOCK_KEY & 0xFFFFFFFF),
         )

@@ -6,24 +6,34 @@ without touching a database.
 
 from __future__ import annotations
 
+import gc
 import hashlib
-import json
 import os
 import re
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from .errors import UsageError, ValidationFailed
 
-FORWARD_RE = re.compile(r"^(?P<version>\d{3,})_(?P<name>(?!rollback_)[a-z0-9][a-z0-9_]*)\.sql$")
-ROLLBACK_RE = re.compile(r"^(?P<version>\d{3,})_rollback_(?P<name>[a-z0-9][a-z0-9_]*)\.sql$")
+# ASCII digits only: `\d` would also accept Arabic-Indic or full-width digits, which int() reads as a number.
+FORWARD_RE = re.compile(r"^(?P<version>[0-9]{3,})_(?P<name>(?!rollback_)[a-z0-9][a-z0-9_]*)\.sql$", re.ASCII)
+ROLLBACK_RE = re.compile(r"^(?P<version>[0-9]{3,})_rollback_(?P<name>[a-z0-9][a-z0-9_]*)\.sql$", re.ASCII)
 # Files that may live beside the migrations without being one.
 ALLOWED_EXTRA_FILES = {"README.md"}
 
 # Header directives, e.g. `-- bridge:requires-extension uuid-ossp`.
 DIRECTIVE_RE = re.compile(r"^--\s*bridge:(?P<key>[a-z-]+)\s*(?P<value>.*?)\s*$")
 KNOWN_DIRECTIVES = {"requires-extension", "no-transaction"}
+# An extension name as it may appear in a hint or a CREATE EXTENSION: nothing a shell or SQL interprets.
+EXTENSION_NAME_RE = re.compile(r"^[a-z0-9_][a-z0-9_-]{0,62}$", re.ASCII)
+
+
+class MigrationFolderWarning(UserWarning):
+    """Something in migrations/ that is not an error but that a person should know about."""
 
 
 def normalised_checksum(raw: bytes) -> str:
@@ -43,6 +53,10 @@ class Statement:
     kind: str = ""  # the parse node, e.g. CreateStmt, IndexStmt
     concurrent_index: str | None = None  # name of an index built or dropped CONCURRENTLY
     relations: tuple[str, ...] = ()  # tables the statement names (to find who blocks it)
+    repeatable: bool = False  # running it twice changes nothing (allowed in a no-transaction file)
+    # What the engine checks before running it in a no-transaction file, so that a repeat is a no-op:
+    # ("index exists", name) | ("index absent", name) | ("enum value exists", type, value)
+    repeat_check: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -97,8 +111,47 @@ class SqlFile:
                     file=str(self.path),
                     line=number,
                 )
+            if key == "requires-extension" and not EXTENSION_NAME_RE.match(value):
+                raise ValidationFailed(
+                    f"{self.path.name}:{number}: 'bridge:requires-extension' needs one extension name, got {value!r}",
+                    "write e.g. -- bridge:requires-extension uuid-ossp (lower case letters, digits, - and _)",
+                    file=str(self.path),
+                    line=number,
+                )
+            if key == "no-transaction" and value:
+                raise ValidationFailed(
+                    f"{self.path.name}:{number}: 'bridge:no-transaction' takes no value, got {value!r}",
+                    "write the line as: -- bridge:no-transaction",
+                    file=str(self.path),
+                    line=number,
+                )
             found.setdefault(key, []).append(value)
         return found
+
+    @property
+    def has_statement(self) -> bool:
+        """Whether anything but whitespace, comments and semicolons is in the file. Exact without a
+        parser: until the first token no string or dollar quote can have started."""
+        text, i, n = self.text, 0, len(self.text)
+        while i < n:
+            c = text[i]
+            if c.isspace() or c == ";":
+                i += 1
+            elif text.startswith("--", i):
+                end = text.find("\n", i)
+                i = n if end < 0 else end + 1
+            elif text.startswith("/*", i):  # PostgreSQL's block comments nest
+                depth, i = 1, i + 2
+                while i < n and depth:
+                    if text.startswith("/*", i):
+                        depth, i = depth + 1, i + 2
+                    elif text.startswith("*/", i):
+                        depth, i = depth - 1, i + 2
+                    else:
+                        i += 1
+            else:
+                return True
+        return False
 
     @cached_property
     def statements(self) -> list[Statement]:
@@ -106,20 +159,29 @@ class SqlFile:
 
         Splitting with the real grammar keeps dollar-quoted bodies, quoted semicolons and comments
         intact, reports a syntax error with its line before anything runs, and tells which statements
-        cannot run inside the transaction bridge-db wraps around a file.
+        cannot run inside the transaction bridge-db wraps around a file. Linear in the file's size: line
+        numbers are counted from one statement to the next, never from the start of the file. Never
+        cached on disk: what runs is parsed from the file's own bytes in this process.
         """
-        statements = _cached_statements(self.checksum)
-        if statements is None:
-            text = self.text
-            statements = []
+        text = self.text
+        statements: list[Statement] = []
+        position, line = 0, 1
+        collecting = gc.isenabled()
+        gc.disable()  # the parse tree is a million small objects: the cyclic GC rescanning them is superlinear
+        try:
             for raw in self.parse_tree():
                 start = raw.stmt_location
+                line += text.count("\n", position, start)
+                position = start
                 sql = text[start : start + raw.stmt_len] if raw.stmt_len else text[start:].rstrip()
-                line = text[:start].count("\n") + 1
                 statements.append(_describe(raw.stmt, sql, line))
-            _cache_statements(self.checksum, statements)
+        finally:
+            if collecting:
+                gc.enable()
         for statement in statements:
             self._refuse_transaction_control(statement)
+            if not self.transactional:
+                self._refuse_unrepeatable(statement)
         return statements
 
     def _refuse_transaction_control(self, statement: Statement) -> None:
@@ -138,6 +200,23 @@ class SqlFile:
                 file=str(self.path),
                 line=statement.line,
             )
+
+    def _refuse_unrepeatable(self, statement: Statement) -> None:
+        """A no-transaction file has no atomic progress record: a run killed after a statement but
+        before its progress row repeats that statement. Only statements whose repetition changes
+        nothing may be in such a file (the engine checks the catalog before the index and enum ones)."""
+        if statement.repeatable:
+            return
+        what = " ".join(statement.sql.split()[:2]).upper()
+        raise ValidationFailed(
+            f"{self.path.name}:{statement.line}: {what} ... in a no-transaction migration "
+            "would run twice if a run were interrupted right after it",
+            "move it to a migration without -- bridge:no-transaction; such a file may hold only "
+            "CREATE/DROP INDEX CONCURRENTLY (with an index name), REINDEX, ALTER TYPE ... ADD VALUE, "
+            "VACUUM, ANALYZE and SET",
+            file=str(self.path),
+            line=statement.line,
+        )
 
     @property
     def transactional(self) -> bool:
@@ -160,71 +239,65 @@ class SqlFile:
             ) from None
 
 
-# Parsing needs pglast, whose import alone costs ~50 ms. A file's statements depend only on its content
-# (the normalised checksum) and the parser's version, so they are cached per user, like bytecode.
-CACHE_ENV = "BRIDGE_DB_CACHE_DIR"
-
-
-def _cache_file(checksum: str) -> Path | None:
-    try:
-        from importlib.metadata import version
-
-        parser = version("pglast")
-    except Exception:
-        return None
-    base = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bridge-db"
-    )
-    return Path(base) / f"statements-pglast-{parser}" / f"{checksum}.json"
-
-
-def _cached_statements(checksum: str) -> list[Statement] | None:
-    path = _cache_file(checksum)
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8")) if path else None
-        return (
-            [Statement(r["sql"], r["line"], r["kind"], r["concurrent_index"], tuple(r["relations"])) for r in rows]
-            if rows is not None
-            else None
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # no cache, or a damaged one: parse again
-
-
-def _cache_statements(checksum: str, statements: list[Statement]) -> None:
-    path = _cache_file(checksum)
-    if path is None:
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
-        partial.write_text(json.dumps([s.__dict__ for s in statements]), encoding="utf-8")
-        os.replace(partial, path)
-    except OSError:
-        pass  # a read-only home is no reason to fail a migration
-
-
 def _describe(node, sql: str, line: int) -> Statement:
     from pglast import ast, enums
-    from pglast.visitors import Visitor
 
-    relations: list[str] = []
-
-    class Relations(Visitor):
-        def visit_RangeVar(self, ancestors, rv):  # noqa: N802 (pglast's naming)
-            relations.append(f"{rv.schemaname}.{rv.relname}" if rv.schemaname else rv.relname)
-
-    Relations()(node)
     concurrent = None
+    repeat_check: tuple[str, ...] | None = None
+    repeatable = False
     if isinstance(node, ast.IndexStmt) and node.concurrent:
         concurrent = node.idxname or "(unnamed)"
+        if node.idxname:
+            schema = node.relation.schemaname
+            name = f"{_quote(schema)}.{_quote(node.idxname)}" if schema else _quote(node.idxname)
+            repeatable, repeat_check = True, ("index exists", name)
     elif isinstance(node, ast.DropStmt) and node.concurrent and node.removeType == enums.ObjectType.OBJECT_INDEX:
         concurrent = ".".join(n.sval for n in node.objects[0])
-    elif isinstance(node, ast.ReindexStmt) and any(
-        getattr(p, "defname", "") == "concurrently" for p in (node.params or ())
-    ):
-        concurrent = node.name or "(reindex)"
-    return Statement(sql, line, type(node).__name__, concurrent, tuple(dict.fromkeys(relations)))
+        repeatable = len(node.objects) == 1
+        if not node.missing_ok:
+            repeat_check = ("index absent", ".".join(_quote(n.sval) for n in node.objects[0]))
+    elif isinstance(node, ast.ReindexStmt):
+        if any(getattr(p, "defname", "") == "concurrently" for p in (node.params or ())):
+            concurrent = node.name or "(reindex)"
+        repeatable = True
+    elif isinstance(node, ast.AlterEnumStmt) and node.oldVal is None:
+        repeatable = True
+        if not node.skipIfNewValExists:
+            repeat_check = ("enum value exists", ".".join(_quote(n.sval) for n in node.typeName), node.newVal)
+    elif isinstance(node, ast.VacuumStmt):
+        repeatable = True
+    elif isinstance(node, ast.VariableSetStmt):
+        repeatable = node.name not in ("role", "session_authorization") and node.kind != (
+            enums.VariableSetKind.VAR_RESET_ALL
+        )
+    relations = tuple(dict.fromkeys(_relations(node)))
+    return Statement(sql, line, type(node).__name__, concurrent, relations, repeatable, repeat_check)
+
+
+def _quote(identifier: str) -> str:
+    """An identifier as PostgreSQL reads it back (to_regclass, to_regtype): quoted unless plain lower case."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", identifier):
+        return identifier
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _relations(node) -> list[str]:
+    """The tables a statement names (to find who blocks it), in the order they appear. A plain walk
+    over the node's slots: pglast's generic Visitor costs as much again as parsing."""
+    from pglast import ast
+
+    found: list[str] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple):
+            stack.extend(reversed(item))
+        elif isinstance(item, ast.RangeVar):
+            found.append(f"{item.schemaname}.{item.relname}" if item.schemaname else item.relname)
+        elif isinstance(item, ast.Node):
+            children = [getattr(item, slot) for slot in item.__slots__]
+            stack.extend(c for c in reversed(children) if isinstance(c, (ast.Node, tuple)))
+    return found
 
 
 @dataclass(frozen=True)
@@ -242,6 +315,10 @@ class Migration:
     def checksum(self) -> str:
         return self.forward.checksum
 
+    @property
+    def rollback_checksum(self) -> str:
+        return self.rollback.checksum
+
     def sql_file(self, action: str) -> SqlFile:
         return self.forward if action == "apply" else self.rollback
 
@@ -250,12 +327,23 @@ class Migration:
         return [v for v in self.forward.directives.get("requires-extension", []) if v]
 
 
-def discover_migrations(directory: Path) -> list[Migration]:
+def discover_migrations(
+    directory: Path, *, warn: Callable[[str], None] | None = None, allow_empty: bool = False
+) -> list[Migration]:
     """Read and validate `directory`; return migrations ordered by version.
 
-    Refuses (ValidationFailed, naming the file) a gap in numbering, a duplicate number, a forward file
-    without its rollback or the reverse, an unexpected file, and a symlink leading out of the folder.
+    Refuses (ValidationFailed, naming the file) a gap in numbering, a duplicate number, a number
+    below 001, a forward file without its rollback or the reverse, an unexpected file, a symlink
+    leading out of the folder, a malformed directive, and a file without any statement (an empty or
+    unfinished one would be recorded as applied while doing nothing; `allow_empty` is for `new`,
+    which builds on a pair it just scaffolded). Hidden files are skipped with a warning through `warn`
+    (default: Python's warnings, as MigrationFolderWarning).
     """
+    if warn is None:
+
+        def warn(message: str) -> None:
+            warnings.warn(message, MigrationFolderWarning, stacklevel=3)
+
     directory = Path(directory)
     if not directory.is_dir():
         raise ValidationFailed(
@@ -267,7 +355,10 @@ def discover_migrations(directory: Path) -> list[Migration]:
     rollbacks: dict[int, Path] = {}
     for path in sorted(directory.iterdir()):
         name = path.name
-        if name in ALLOWED_EXTRA_FILES or name.startswith("."):
+        if name in ALLOWED_EXTRA_FILES:
+            continue
+        if name.startswith("."):
+            warn(f"{directory / name}: hidden file ignored (a migration name starts with its number)")
             continue
         if path.is_symlink() and not path.resolve().is_relative_to(root):
             raise ValidationFailed(
@@ -315,6 +406,12 @@ def discover_migrations(directory: Path) -> list[Migration]:
                 "every migration needs its rollback; `invoke new NAME` scaffolds both",
                 file=str(path),
             )
+    if 0 in forwards:
+        raise ValidationFailed(
+            f"{forwards[0][1].name}: migration numbers start at 001",
+            "renumber it after the newest migration (000 is never applied)",
+            file=str(forwards[0][1]),
+        )
     expected = 1
     for version in sorted(forwards):
         if version != expected:
@@ -325,7 +422,7 @@ def discover_migrations(directory: Path) -> list[Migration]:
             )
         expected += 1
 
-    return [
+    migrations = [
         Migration(
             version=version,
             name=name,
@@ -334,6 +431,18 @@ def discover_migrations(directory: Path) -> list[Migration]:
         )
         for version, (name, path) in sorted(forwards.items())
     ]
+    for migration in migrations:
+        for sql_file in (migration.forward, migration.rollback):
+            _ = sql_file.directives  # decodes the file and validates every directive value
+            if not allow_empty and not sql_file.has_statement:
+                raise ValidationFailed(
+                    f"{sql_file.path.name}: has no SQL statement (only comments or nothing); "
+                    "it would be recorded as done while changing nothing",
+                    "write the migration's SQL (for a scaffold from `new`, replace its TODO), or delete the pair "
+                    "if it was never applied",
+                    file=str(sql_file.path),
+                )
+    return migrations
 
 
 def _duplicate(version: int, first: Path, second: Path) -> ValidationFailed:
@@ -350,14 +459,38 @@ NEW_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 def scaffold_migration(directory: Path, description: str) -> tuple[Path, Path]:
     """Write the next numbered pair, NNN_description.sql and NNN_rollback_description.sql, from the
     templates that carry the seed's guideline header. Refuses a name that would not be discovered."""
-    from string import Template
-
     if not NEW_NAME_RE.match(description) or description.startswith("rollback_"):
         raise UsageError(
             f"invalid migration name {description!r}",
             "use lower_snake_case starting with a letter, e.g. add_index_workflow_steps_status",
         )
-    existing = discover_migrations(directory)  # refuse to build on a broken folder
+    with _folder_lock(directory):  # two `new` at once must not pick the same number
+        return _scaffold_locked(Path(directory), description)
+
+
+@contextmanager
+def _folder_lock(directory: Path) -> Iterator[None]:
+    """An exclusive flock on the folder itself: no lock file to leave behind or to mistake for a migration."""
+    import fcntl
+
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise ValidationFailed(
+            f"migrations folder not usable: {directory} ({exc.strerror})",
+            "run from the project root, or pass --migrations-dir",
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _scaffold_locked(directory: Path, description: str) -> tuple[Path, Path]:
+    from string import Template
+
+    existing = discover_migrations(directory, allow_empty=True)  # refuse to build on a broken folder
     version = (existing[-1].version if existing else 0) + 1
     width = max(3, len(str(version)))
     number = f"{version:0{width}d}"

@@ -8,6 +8,7 @@ one transaction. `rollback()`, `status()` and `verify()` reuse the same pieces.
 from __future__ import annotations
 
 import random
+import shlex
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from .discovery import Migration, SqlFile
 from .errors import (
     BackupFailed,
     BridgeDbError,
+    HistoryUnusable,
     MigrationFailed,
     PrerequisiteMissing,
     RefusedByPolicy,
@@ -42,6 +44,8 @@ from .history import (
     record_progress,
     record_rolled_back,
 )
+
+UNDEFINED_FILE = "58P01"  # "could not load library"/"could not access file": a package missing on the host
 
 # --------------------------------------------------------------------------- results
 
@@ -257,9 +261,15 @@ def _execute(
 
     conn = connect(target)
     try:
+        cur = conn.cursor()
+        _fresh_session(cur, target)
+        if not dry_run:
+            # Parse what is most likely the plan before queueing for the lock: a large file must not keep
+            # other runners waiting while it is split. Under the lock the plan is read again; a file that
+            # only joins it then (history changed meanwhile) is parsed there, still before any DDL.
+            tentative = choose_plan(read_applied(cur))
+            _parse_all(m.forward if action == "apply" else m.rollback for m in tentative)
         with _locked(conn, target, lock_wait, progress, dry_run):
-            cur = conn.cursor()
-            _become_owner(cur, target)
             applied = read_applied(cur)
             _raise_on_problems(history_problems(migrations, applied))
             plan = choose_plan(applied)
@@ -335,6 +345,15 @@ def history_problems(migrations: list[Migration], applied: dict[int, AppliedMigr
                     "restore the file as it was applied (git log -p) and put the change in a new migration",
                 )
             )
+        elif row.rollback_checksum is not None and migration.rollback_checksum != row.rollback_checksum:
+            problems.append(
+                Problem(
+                    f"{migration.rollback.path.name} was changed after its migration was applied "
+                    f"(recorded checksum {row.rollback_checksum}, file checksum {migration.rollback_checksum})",
+                    "restore the rollback file as it was when the migration was applied (git log -p); "
+                    "undo further changes with a new migration",
+                )
+            )
     head = max(applied, default=0)
     for migration in migrations:
         if migration.version < head and migration.version not in applied:
@@ -366,8 +385,12 @@ def check_required_extensions(cur, plan: Iterable[Migration]) -> None:
     rows = cur.fetchall()
     database = rows[0][0] if rows and rows[0][0] else "omninode_bridge"
     installable = {r[1] for r in rows if r[1]}
-    commands = "; ".join(f'CREATE EXTENSION IF NOT EXISTS "{ext}";' for ext in missing)
-    hint = f"as a superuser run: psql -d {database} -c '{commands}'"
+    # Extension names were validated at discovery; the database name comes from the server: quote both.
+    commands = " ".join(
+        psycopg2.sql.SQL("CREATE EXTENSION IF NOT EXISTS {};").format(psycopg2.sql.Identifier(ext)).as_string(cur)
+        for ext in missing
+    )
+    hint = f"as a superuser run: psql -d {shlex.quote(database)} -c {shlex.quote(commands)}"
     not_installed = [ext for ext in missing if ext not in installable]
     if not_installed:
         hint = f"install the server's contrib package (e.g. apt-get install postgresql-contrib), then {hint}"
@@ -429,41 +452,51 @@ def _run_without_transaction(
     after the last completed one; an invalid index left by a failed concurrent build is dropped before
     the build runs again (IF NOT EXISTS would otherwise keep the broken index)."""
     sql_file = migration.sql_file(action)
-    policy = target.environment.policy
     cur = conn.cursor()
     progress.step_started(action, migration, index, total)
     started_at, t0 = datetime.now(UTC), time.perf_counter()
+    _fresh_session(cur, target, timeouts="session")
     ensure_history_tables(cur)
     resume_after = read_progress(cur, migration.version, action, sql_file.checksum)
-    cur.execute(
-        "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
-        (f"{policy.lock_timeout_ms}ms", f"{policy.statement_timeout_ms}ms"),
-    )
-    try:
-        for number, statement in enumerate(sql_file.statements):
-            if number <= resume_after:
-                continue
-            _with_lock_retries(
-                target,
-                migration,
-                lambda s=statement: _run_alone(conn, cur, target, action, migration, sql_file, s, run, started_at, t0),
-                progress,
-            )
-            record_progress(cur, migration.version, action, sql_file.checksum, number)
-        elapsed = _ms_since(t0)
+    for number, statement in enumerate(sql_file.statements):
+        if number <= resume_after:
+            continue
+        _with_lock_retries(
+            target,
+            migration,
+            lambda s=statement: _run_alone(conn, cur, target, action, migration, sql_file, s, run, started_at, t0),
+            progress,
+        )
+        _write_history(
+            conn,
+            target,
+            migration,
+            lambda n=number: record_progress(cur, migration.version, action, sql_file.checksum, n),
+            transactional=False,
+        )
+    elapsed = _ms_since(t0)
+    _fresh_session(cur, target)
+
+    def record() -> None:
         cur.execute("BEGIN")
         _record_done(cur, run, action, migration, started_at, elapsed)
         clear_progress(cur, migration.version)
         cur.execute("COMMIT")
-    finally:
-        if not conn.closed:
-            cur.execute("RESET lock_timeout; RESET statement_timeout")
+
+    _write_history(conn, target, migration, record, transactional=False)
     step = StepResult(action, migration.version, migration.name, sql_file.path.name, elapsed)
     progress.step_finished(step)
     return step
 
 
 def _run_alone(conn, cur, target, action, migration, sql_file, statement, run, started_at, t0) -> None:
+    """One statement of a no-transaction file. Its progress row is written after it, not with it (there
+    is no transaction to share), so a run killed in between repeats it: discovery admits only
+    statements whose repetition changes nothing, and those that would fail on a repeat are checked here
+    against the catalog first (an index already built and valid, an index already dropped, an enum
+    value already added: the statement has done its work)."""
+    if _already_done(cur, statement):
+        return
     if statement.concurrent_index and statement.kind == "IndexStmt":
         cur.execute(
             "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (statement.concurrent_index,)
@@ -484,12 +517,8 @@ def _run_alone(conn, cur, target, action, migration, sql_file, statement, run, s
 def _run_unit(conn, target, action, unit, offset, total, progress, run, post_check) -> list[StepResult]:
     """One transaction: BEGIN, timeouts, the unit's migrations and history rows, checks, COMMIT."""
     cur = conn.cursor()
-    policy = target.environment.policy
     cur.execute("BEGIN")
-    cur.execute(
-        "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
-        (f"{policy.lock_timeout_ms}ms", f"{policy.statement_timeout_ms}ms"),
-    )
+    _fresh_session(cur, target, timeouts="transaction")
     if action == "apply" and offset == 0:  # the first transaction of a run creates them; later ones find them
         ensure_history_tables(cur)
     steps = []
@@ -574,13 +603,28 @@ def _run_step(conn, cur, target: Target, action: str, migration: Migration, run:
     notices_before = len(conn.notices)
     statement = None
     try:
+        _fresh_session(cur, target, timeouts="transaction")  # each migration starts from the same state
         for statement in sql_file.statements:
             cur.execute(statement.sql)
         elapsed = _ms_since(t0)
-        _record_done(cur, run, action, migration, started_at, elapsed)
     except psycopg2.Error as exc:
         raise _step_failed(conn, target, action, migration, sql_file, statement, exc, run, started_at, t0) from None
     except BaseException:  # Ctrl-C or a bug: never leave the transaction open
+        _rollback_quietly(conn)
+        raise
+    try:
+        # The file may have changed role, search_path or read-only mode: the engine's writes get the
+        # engine's session back, and their failure is the engine's, never blamed on the file.
+        _write_history(
+            conn,
+            target,
+            migration,
+            lambda: (
+                _fresh_session(cur, target, timeouts="transaction"),
+                _record_done(cur, run, action, migration, started_at, elapsed),
+            ),
+        )
+    except BaseException:
         _rollback_quietly(conn)
         raise
     skipped = sum(1 for n in conn.notices[notices_before:] if "already exists, skipping" in n)
@@ -590,7 +634,7 @@ def _run_step(conn, cur, target: Target, action: str, migration: Migration, run:
 def _record_done(cur, run: RunContext, action: str, migration: Migration, started_at, elapsed: int) -> None:
     """The history row (added or removed) and the success log row, in the caller's transaction."""
     if action == "apply":
-        record_applied(cur, migration.version, migration.name, migration.checksum, elapsed)
+        record_applied(cur, migration.version, migration.name, migration.checksum, elapsed, migration.rollback_checksum)
     else:
         record_rolled_back(cur, migration.version)
     log_step(
@@ -710,6 +754,11 @@ def _step_failed(conn, target, action, migration, sql_file: SqlFile, statement, 
         _rollback_quietly(conn)
     if isinstance(exc, psycopg2.errors.LockNotAvailable) and statement is not None:
         return LockBlocked(sql_file.path.name, statement.line, blockers_of(conn, statement.relations))
+    if exc.pgcode == UNDEFINED_FILE:  # the server cannot load a library: the host lacks a package, not the SQL
+        from .extensions import missing_library
+
+        where = f"{sql_file.path.name}:{line}" if line else sql_file.path.name
+        return missing_library(f"{where} (rolled back, nothing recorded)", exc)
     where = f"{sql_file.path.name}:{line}" if line else sql_file.path.name
     return MigrationFailed(
         f"{where}: {first_line} (sqlstate {getattr(exc, 'pgcode', None) or '?'})",
@@ -728,6 +777,10 @@ def _database_error(target: Target, conn, exc: psycopg2.Error) -> BridgeDbError:
     if conn.closed or isinstance(exc, psycopg2.OperationalError) and exc.pgcode is None:
         return lost_connection(target, exc)
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if exc.pgcode == UNDEFINED_FILE:
+        from .extensions import missing_library
+
+        return missing_library(target.label, exc)
     if exc.pgcode == "42501":
         return PrerequisiteMissing(
             f"{target.label}: {first_line}",
@@ -881,20 +934,28 @@ def verify(target: Target, migrations: list[Migration]) -> VerifyReport:
             problems = [str(p) for p in history_problems(migrations, applied)]
             applied_files = [m for m in migrations if m.version in applied]
             expected = declared_objects(applied_files)
+            undeclared = _undeclared_objects(cur, expected)
         try:
             reference = reference_tables(conn, applied_files)
         except ReferenceUnavailable as exc:
             compared, note = "names", str(exc)
             with conn.cursor() as cur:
                 problems += _missing_objects(cur, expected)
+            problems += undeclared
         else:
+            # The replay compares every declared table both ways; what is left of the other direction
+            # is whole tables (and their indexes) that no applied migration declares.
             problems += differences(reference, live_tables(conn, reference))
+            problems += [p for p in undeclared if p.startswith("table ")]
     except psycopg2.Error as exc:
         raise _database_error(target, conn, exc) from None
     finally:
         conn.close()
     checked = len(expected["tables"]) + len(expected["indexes"]) + sum(len(c) for c in expected["tables"].values())
     return VerifyReport(target.label, max(applied, default=None), len(applied), checked, problems, compared, note)
+
+
+ANY_COLUMNS = "*"  # a declared table whose columns the file does not list (PARTITION OF, LIKE, ...)
 
 
 def declared_objects(applied: list[Migration]) -> dict:
@@ -908,6 +969,13 @@ def declared_objects(applied: list[Migration]) -> dict:
             stmt = raw.stmt
             if isinstance(stmt, ast.CreateStmt):
                 cols = {e.colname for e in (stmt.tableElts or ()) if isinstance(e, ast.ColumnDef)}
+                if (
+                    stmt.inhRelations
+                    or stmt.partbound
+                    or stmt.ofTypename
+                    or any(isinstance(e, ast.TableLikeClause) for e in (stmt.tableElts or ()))
+                ):
+                    cols.add(ANY_COLUMNS)  # PARTITION OF, INHERITS, OF type, LIKE: columns come from elsewhere
                 tables.setdefault(_qualified(stmt.relation), set()).update(cols)
             elif isinstance(stmt, ast.IndexStmt) and stmt.idxname:
                 schema = stmt.relation.schemaname
@@ -955,12 +1023,60 @@ def _missing_objects(cur, expected: dict) -> list[str]:
         if not exists:
             problems.append(f"table {table} is missing (declared by an applied migration)")
             continue
-        for column in sorted(columns - set(live_columns)):
+        for column in sorted(columns - set(live_columns) - {ANY_COLUMNS}):
             problems.append(f"column {table}.{column} is missing (declared by an applied migration)")
     for index, file in sorted(expected["indexes"].items()):
         cur.execute("SELECT to_regclass(%s) IS NOT NULL", (index,))
         if not cur.fetchone()[0]:
             problems.append(f"index {index} is missing (declared by {file})")
+    return problems
+
+
+def _undeclared_objects(cur, expected: dict) -> list[str]:
+    """The other direction: tables, columns and indexes in schema public that no applied migration
+    declares (added by hand, or left behind). Not counted: the engine's own tables, objects that belong
+    to an extension, and indexes that back a constraint (primary keys, UNIQUE)."""
+    from .history import ENGINE_TABLES
+
+    def public_name(name: str) -> str | None:
+        schema, _, rel = name.rpartition(".")
+        return rel if schema in ("", "public") else None
+
+    declared_tables = {public_name(t): cols for t, cols in expected["tables"].items() if public_name(t)}
+    declared_indexes = {public_name(i) for i in expected["indexes"] if public_name(i)}
+    cur.execute(
+        """
+        SELECT c.relname::text, c.relkind::text,
+               coalesce(array_agg(a.attname::text) FILTER (WHERE a.attname IS NOT NULL), '{}')
+          FROM pg_class c
+          LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                                   AND c.relkind IN ('r', 'p')
+         WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'i', 'I')
+           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                                                      AND d.objid = c.oid AND d.deptype = 'e')
+           AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = c.oid AND k.contype IN ('p', 'u', 'x'))
+           -- an index on a partition, created with its partitioned parent index
+           AND NOT (c.relkind = 'i' AND EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = c.oid))
+           AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indexrelid = c.oid
+                                                      AND i.indrelid IN (SELECT to_regclass('public.' || t)
+                                                                           FROM unnest(%s::text[]) t))
+         GROUP BY c.relname, c.relkind
+         ORDER BY c.relname
+        """,
+        (list(ENGINE_TABLES),),
+    )
+    problems = []
+    for name, kind, columns in cur.fetchall():
+        if kind in ("i", "I"):
+            if name not in declared_indexes:
+                problems.append(f"index public.{name} is not declared by any applied migration")
+        elif name in ENGINE_TABLES:
+            continue
+        elif name not in declared_tables:
+            problems.append(f"table public.{name} is not declared by any applied migration")
+        elif ANY_COLUMNS not in declared_tables[name]:
+            for column in sorted(set(columns) - declared_tables[name]):
+                problems.append(f"column public.{name}.{column} is not declared by any applied migration")
     return problems
 
 
@@ -975,6 +1091,79 @@ def _locked(conn, target: Target, lock_wait: float | None, progress: Progress, d
         return nullcontext()
     wait = target.environment.policy.lock_wait_seconds if lock_wait is None else lock_wait
     return migration_lock(conn, wait, progress.waiting_for_lock)
+
+
+# What a migration may have changed in its session, undone before the next one and before the engine's
+# own writes. DISCARD ALL would do it but also drops the advisory lock and cannot run in a transaction.
+# RESET ALL returns every setting to the session's default (ALTER DATABASE/ROLE ... SET included), but
+# leaves the role alone: that is reset first, and the owner role set again afterwards.
+_RESET_SESSION = (
+    "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL; DEALLOCATE ALL; CLOSE ALL; UNLISTEN *; "
+    "DISCARD TEMP; DISCARD SEQUENCES"
+)
+
+
+def _fresh_session(cur, target: Target, timeouts: str | None = None) -> None:
+    """The same session state for every migration: settings reset, the login user's identity, then the
+    owner role and (for a migration) the policy's timeouts, for the transaction or for the session.
+    One round trip (two with an owner role)."""
+    policy = target.environment.policy
+    local = timeouts == "transaction"
+    cur.execute(
+        _RESET_SESSION + "; SELECT "
+        # psycopg2 reads dates in ISO and sets it at connect when the server's default differs: again here
+        "CASE WHEN current_setting('datestyle') NOT LIKE 'ISO%%' THEN set_config('datestyle', 'ISO', false) END"
+        + (", set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)" if timeouts else ""),
+        (f"{policy.lock_timeout_ms}ms", local, f"{policy.statement_timeout_ms}ms", local) if timeouts else None,
+    )
+    _become_owner(cur, target)
+
+
+def _write_history(
+    conn, target: Target, migration: Migration, write: Callable[[], object], transactional: bool = True
+) -> None:
+    """An engine write (history, log, progress rows). Its failure is the engine's: its own message and
+    exit code, never "fix the SQL" against the migration file that ran before it."""
+    try:
+        write()
+    except psycopg2.Error as exc:
+        if conn.closed or isinstance(exc, psycopg2.OperationalError) and exc.pgcode is None:
+            raise lost_connection(target, exc) from None
+        _rollback_quietly(conn)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise HistoryUnusable(
+            f"{migration.label}: its statements ran, but bridge-db could not write its history: {first} "
+            f"(sqlstate {exc.pgcode}); "
+            + (
+                "nothing from the migration's transaction was kept"
+                if transactional
+                else "the statements that ran stay (no-transaction file); a rerun resumes after the last recorded one"
+            ),
+            "check public.schema_migrations and public.schema_migrations_log (owner, privileges, triggers) "
+            "or the migration's session changes (SET TRANSACTION READ ONLY), then run again",
+            version=migration.version,
+            sqlstate=exc.pgcode,
+        ) from None
+
+
+def _already_done(cur, statement) -> bool:
+    """For a no-transaction statement that would fail when repeated: has it already done its work?"""
+    check = statement.repeat_check
+    if check is None:
+        return False
+    if check[0] == "index exists":
+        cur.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (check[1],))
+        row = cur.fetchone()
+        return bool(row and row[0])
+    if check[0] == "index absent":
+        cur.execute("SELECT to_regclass(%s) IS NULL", (check[1],))
+        return bool(cur.fetchone()[0])
+    if check[0] == "enum value exists":
+        cur.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_enum WHERE enumtypid = to_regtype(%s) AND enumlabel = %s)", check[1:]
+        )
+        return bool(cur.fetchone()[0])
+    return False
 
 
 def _become_owner(cur, target: Target) -> None:

@@ -78,6 +78,14 @@ class BackupFailed(BridgeDbError):
     kind = "backup_failed"
 
 
+class HistoryUnusable(BridgeDbError):
+    """The engine's own history tables cannot be read or written: another tool's table of the same
+    name, no privilege on them, or a failed history write. Never the migration file's fault."""
+
+    exit_code = 10
+    kind = "history"
+
+
 class RefusedByPolicy(BridgeDbError):
     """The environment's policy forbids the command (e.g. `reset` outside dev)."""
 
@@ -97,6 +105,10 @@ EXIT_CODES: list[tuple[int, str]] = [
     (PrerequisiteMissing.exit_code, "missing prerequisite: extension, PostgreSQL server binaries"),
     (BackupFailed.exit_code, "backup or restore failed (no partial file kept, earlier backups untouched)"),
     (RefusedByPolicy.exit_code, "refused: policy (e.g. reset outside dev) or confirmation not given"),
+    (
+        HistoryUnusable.exit_code,
+        "bridge-db's own history tables unusable (another tool's table, privileges); nothing applied",
+    ),
     (130, "interrupted (Ctrl-C); the running transaction was rolled back"),
     (143, "terminated (SIGTERM); the running transaction was rolled back"),
 ]

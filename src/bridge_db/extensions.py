@@ -3,6 +3,7 @@ pg_stat_statements is preloaded."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import psycopg2
@@ -12,6 +13,32 @@ from .connection import Target, cursor_for
 from .errors import PrerequisiteMissing
 
 PRELOADED = {"pg_stat_statements"}  # extensions that only work when in shared_preload_libraries
+# Shared libraries that contrib modules link against, and the packages that ship them.
+LIBRARY_PACKAGES = {
+    "libossp-uuid": "libossp-uuid16 (Debian/Ubuntu) or uuid (RHEL: dnf install uuid)",
+    "libxml2": "libxml2 (Debian/Ubuntu and RHEL)",
+    "libxslt": "libxslt1.1 (Debian/Ubuntu) or libxslt (RHEL)",
+}
+
+
+def missing_library(where: str, exc: Exception) -> PrerequisiteMissing:
+    """The server could not load an extension's shared library (SQLSTATE 58P01): a package is missing
+    on the database host. Say which, and how to install it."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    found = re.search(r"(lib[A-Za-z0-9_.+-]*\.so[0-9.]*)", first) or re.search(r'"([^"]+)"', first)
+    library = found.group(1) if found else "a shared library"
+    package = next((pkg for prefix, pkg in LIBRARY_PACKAGES.items() if library.startswith(prefix)), None)
+    install = (
+        f"install {package} on the database server"
+        if package
+        else "install the package that provides it on the database server (Debian/Ubuntu: the server's contrib "
+        "package, postgresql-contrib or postgresql-<major>; RHEL: postgresql<major>-contrib)"
+    )
+    return PrerequisiteMissing(
+        f"{where}: the server cannot load {library}: {first}",
+        f"{install}, then run again (no restart needed unless the library is preloaded)",
+        library=library,
+    )
 
 
 @dataclass
@@ -64,6 +91,8 @@ def setup_extensions(admin: Target, names: tuple[str, ...] | list[str], check: b
                         f"creating extension {name} needs a superuser (connected {admin.label})",
                         "set admin_user in environments.toml (or pass --admin-dsn) to a superuser",
                     ) from None
+                except psycopg2.errors.UndefinedFile as exc:
+                    raise missing_library(f"creating extension {name} ({admin.label})", exc) from None
                 report.created.append(name)
         preloaded = preloaded_libraries(cur)
         report.not_preloaded = [n for n in names if n in PRELOADED and n not in preloaded]

@@ -1,5 +1,14 @@
 """The engine's own tables: `schema_migrations` (what is applied) and `schema_migrations_log`
-(every apply and rollback attempt, failed ones included)."""
+(every apply and rollback attempt, failed ones included).
+
+They live in schema `public`, and every statement here names that schema: a migration may change the
+session's search_path (`SET search_path`, `set_config('search_path', '', false)`), and the engine's
+reads and writes must not follow it. Why `public` and not a schema of their own: the migration user
+needs nothing beyond CREATE on `public` (see README: least privilege), every database migrated so far
+has its history there, and pg_dump/restore of the schema carries it along. The price is the name: a
+`public.schema_migrations` of another tool (dbmate, Rails, golang-migrate) is recognised by its columns
+and refused with its own error before anything runs, instead of failing a migration's history write.
+"""
 
 from __future__ import annotations
 
@@ -11,25 +20,34 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from . import __version__
+import psycopg2
 
+from . import __version__
+from .errors import HistoryUnusable, PrerequisiteMissing
+
+HISTORY_SCHEMA = "public"
 HISTORY_TABLE = "schema_migrations"
 LOG_TABLE = "schema_migrations_log"
 PROGRESS_TABLE = "schema_migrations_progress"
 ENGINE_TABLES = (HISTORY_TABLE, LOG_TABLE, PROGRESS_TABLE)
+# The columns that make a table named schema_migrations ours (rollback_checksum came later: added on upgrade).
+HISTORY_COLUMNS = {"version", "name", "checksum", "applied_at", "applied_by", "execution_ms"}
 
 BOOTSTRAP_SQL = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
+CREATE TABLE IF NOT EXISTS public.schema_migrations (
     version       integer     PRIMARY KEY CHECK (version > 0),
     name          text        NOT NULL,
     checksum      char(64)    NOT NULL,
     applied_at    timestamptz NOT NULL DEFAULT now(),
     applied_by    text        NOT NULL DEFAULT current_user,
-    execution_ms  integer     NOT NULL CHECK (execution_ms >= 0)
+    execution_ms  integer     NOT NULL CHECK (execution_ms >= 0),
+    rollback_checksum char(64)
 );
-COMMENT ON TABLE schema_migrations IS
+COMMENT ON TABLE public.schema_migrations IS
     'Applied OmniNode Bridge migrations, one row per version, written in the migration''s own transaction.';
-CREATE TABLE IF NOT EXISTS schema_migrations_log (
+-- Databases migrated before rollback files were checksummed: their rows keep NULL (not known).
+ALTER TABLE public.schema_migrations ADD COLUMN IF NOT EXISTS rollback_checksum char(64);
+CREATE TABLE IF NOT EXISTS public.schema_migrations_log (
     id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     run_id        uuid        NOT NULL,
     action        text        NOT NULL CHECK (action IN ('apply', 'rollback')),
@@ -47,16 +65,16 @@ CREATE TABLE IF NOT EXISTS schema_migrations_log (
     tool_version  text,
     details       jsonb       NOT NULL DEFAULT '{}'
 );
-COMMENT ON TABLE schema_migrations_log IS
+COMMENT ON TABLE public.schema_migrations_log IS
     'Every apply and rollback attempt by bridge-db, failed ones included (their changes were rolled back).';
-CREATE TABLE IF NOT EXISTS schema_migrations_progress (
+CREATE TABLE IF NOT EXISTS public.schema_migrations_progress (
     version          integer     PRIMARY KEY,
     action           text        NOT NULL,
     checksum         char(64)    NOT NULL,
     statement_index  integer     NOT NULL,
     completed_at     timestamptz NOT NULL DEFAULT now()
 );
-COMMENT ON TABLE schema_migrations_progress IS
+COMMENT ON TABLE public.schema_migrations_progress IS
     'Statements completed by a no-transaction migration that has not finished: a rerun resumes after them.';
 -- History is written by migrations only: default privileges may have granted other roles more than
 -- SELECT on these new tables (see privileges.py); take it back at once.
@@ -66,11 +84,11 @@ BEGIN
     FOR grant_row IN
         SELECT DISTINCT c.relname, a.grantee::regrole::text AS grantee
           FROM pg_class c, aclexplode(c.relacl) a
-         WHERE c.oid IN ('schema_migrations'::regclass, 'schema_migrations_log'::regclass,
-                         'schema_migrations_progress'::regclass)
+         WHERE c.oid IN ('public.schema_migrations'::regclass, 'public.schema_migrations_log'::regclass,
+                         'public.schema_migrations_progress'::regclass)
            AND a.grantee NOT IN (0, c.relowner) AND a.privilege_type <> 'SELECT'
     LOOP
-        EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON %I FROM %s',
+        EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON public.%I FROM %s',
                        grant_row.relname, grant_row.grantee);
     END LOOP;
 END
@@ -86,6 +104,7 @@ class AppliedMigration:
     applied_at: datetime
     applied_by: str
     execution_ms: int
+    rollback_checksum: str | None = None  # None: applied before rollback files were checksummed
 
 
 @dataclass(frozen=True)
@@ -107,23 +126,72 @@ def _os_user() -> str:
 
 
 def history_exists(cur) -> bool:
+    """Whether bridge-db's history is in this database; refuses another tool's table of the same name."""
+    return _history_columns(cur) is not None
+
+
+def _history_columns(cur) -> set[str] | None:
+    """The columns of public.schema_migrations when it and the log are bridge-db's; None when absent.
+    One round trip: a no-op run reads this twice (before and under the lock)."""
     cur.execute(
-        "SELECT to_regclass('schema_migrations') IS NOT NULL AND to_regclass('schema_migrations_log') IS NOT NULL"
+        "SELECT array(SELECT a.attname::text FROM pg_attribute a "
+        "              WHERE a.attrelid = to_regclass('public.schema_migrations') AND a.attnum > 0 "
+        "                AND NOT a.attisdropped), "
+        "       to_regclass('public.schema_migrations_log') IS NOT NULL"
     )
-    return bool(cur.fetchone()[0])
+    names, log_exists = cur.fetchone()
+    columns = set(names)
+    if not columns:
+        return None
+    if not HISTORY_COLUMNS <= columns:
+        raise HistoryUnusable(
+            "public.schema_migrations exists but is not bridge-db's history "
+            f"(its columns: {', '.join(sorted(columns))}; dbmate, Rails and golang-migrate create such a table); "
+            "nothing was run",
+            "bridge-db keeps its history in public.schema_migrations: use a database that the other tool does not "
+            "manage, or move that tool's table out of schema public (see README: Troubleshooting)",
+        )
+    return columns if log_exists else None
 
 
 def ensure_history_tables(cur) -> None:
-    """Create whichever engine table is missing (every statement of the bootstrap is idempotent)."""
-    cur.execute("SELECT bool_and(to_regclass(t) IS NOT NULL) FROM unnest(%s::text[]) t", (list(ENGINE_TABLES),))
+    """Create whichever engine table or column is missing (every statement of the bootstrap is idempotent)."""
+    history_exists(cur)  # refuses a foreign schema_migrations before anything is created beside it
+    cur.execute(
+        "SELECT bool_and(to_regclass('public.' || t) IS NOT NULL) AND EXISTS (SELECT 1 FROM pg_attribute "
+        "WHERE attrelid = to_regclass('public.schema_migrations') AND attname = 'rollback_checksum') "
+        "FROM unnest(%s::text[]) t",
+        (list(ENGINE_TABLES),),
+    )
     if not cur.fetchone()[0]:
-        cur.execute(BOOTSTRAP_SQL)
+        try:
+            cur.execute(BOOTSTRAP_SQL)
+        except psycopg2.errors.InsufficientPrivilege as exc:
+            raise PrerequisiteMissing(
+                f"cannot create or upgrade bridge-db's history tables in schema public: {_first_line(exc)}",
+                "the migration user needs CREATE on schema public (GRANT CREATE ON SCHEMA public TO <user>, "
+                "or make it the database owner) and must own existing history tables; see README: Troubleshooting",
+            ) from None
+        except psycopg2.Error as exc:
+            if cur.connection.closed or isinstance(exc, psycopg2.OperationalError) and exc.pgcode is None:
+                raise  # a lost connection: the caller reports it as such
+            raise HistoryUnusable(
+                f"cannot create or upgrade bridge-db's history tables in schema public: {_first_line(exc)} "
+                f"(sqlstate {exc.pgcode}); nothing was run",
+                "check the objects named schema_migrations* in schema public (another tool's, or locked by a long "
+                "transaction), then run again",
+            ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def read_progress(cur, version: int, action: str, checksum: str) -> int:
     """Index of the last completed statement of an unfinished no-transaction run, or -1."""
     cur.execute(
-        "SELECT statement_index FROM schema_migrations_progress WHERE version = %s AND action = %s AND checksum = %s",
+        "SELECT statement_index FROM public.schema_migrations_progress "
+        "WHERE version = %s AND action = %s AND checksum = %s",
         (version, action, checksum),
     )
     row = cur.fetchone()
@@ -132,7 +200,8 @@ def read_progress(cur, version: int, action: str, checksum: str) -> int:
 
 def record_progress(cur, version: int, action: str, checksum: str, index: int) -> None:
     cur.execute(
-        "INSERT INTO schema_migrations_progress (version, action, checksum, statement_index) VALUES (%s, %s, %s, %s) "
+        "INSERT INTO public.schema_migrations_progress (version, action, checksum, statement_index) "
+        "VALUES (%s, %s, %s, %s) "
         "ON CONFLICT (version) DO UPDATE SET action = EXCLUDED.action, checksum = EXCLUDED.checksum, "
         "statement_index = EXCLUDED.statement_index, completed_at = now()",
         (version, action, checksum, index),
@@ -140,27 +209,43 @@ def record_progress(cur, version: int, action: str, checksum: str, index: int) -
 
 
 def clear_progress(cur, version: int) -> None:
-    cur.execute("DELETE FROM schema_migrations_progress WHERE version = %s", (version,))
+    cur.execute("DELETE FROM public.schema_migrations_progress WHERE version = %s", (version,))
+
+
+def applied_head(cur) -> int | None:
+    """The newest applied version, for a backup's manifest: None when there is no history of ours (a
+    database beside another tool's schema_migrations is still backed up)."""
+    try:
+        return max(read_applied(cur), default=None)
+    except HistoryUnusable:
+        return None
 
 
 def read_applied(cur) -> dict[int, AppliedMigration]:
-    if not history_exists(cur):
+    columns = _history_columns(cur)
+    if columns is None:
         return {}
+    # Tables created before rollback files were checksummed lack the column until the next migrate.
+    rollback_checksum = "rollback_checksum" if "rollback_checksum" in columns else "NULL"
     cur.execute(
-        "SELECT version, name, checksum, applied_at, applied_by, execution_ms FROM schema_migrations ORDER BY version"
+        "SELECT version, name, checksum, applied_at, applied_by, execution_ms, "
+        f"{rollback_checksum} FROM public.schema_migrations ORDER BY version"
     )
     return {row[0]: AppliedMigration(*row) for row in cur.fetchall()}
 
 
-def record_applied(cur, version: int, name: str, checksum: str, execution_ms: int) -> None:
+def record_applied(
+    cur, version: int, name: str, checksum: str, execution_ms: int, rollback_checksum: str | None = None
+) -> None:
     cur.execute(
-        "INSERT INTO schema_migrations (version, name, checksum, execution_ms) VALUES (%s, %s, %s, %s)",
-        (version, name, checksum, execution_ms),
+        "INSERT INTO public.schema_migrations (version, name, checksum, execution_ms, rollback_checksum) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        (version, name, checksum, execution_ms, rollback_checksum),
     )
 
 
 def record_rolled_back(cur, version: int) -> None:
-    cur.execute("DELETE FROM schema_migrations WHERE version = %s", (version,))
+    cur.execute("DELETE FROM public.schema_migrations WHERE version = %s", (version,))
 
 
 def log_step(
@@ -178,7 +263,7 @@ def log_step(
 ) -> None:
     cur.execute(
         """
-        INSERT INTO schema_migrations_log
+        INSERT INTO public.schema_migrations_log
             (run_id, action, version, name, checksum, success, error, started_at, execution_ms,
              os_user, client_host, environment, tool_version, details)
         VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import psycopg2
 from psycopg2 import sql
 
-from .config import ROLE_NAME_RE
+from .config import ROLE_NAME_RE, reserved_role_name
 from .connection import Target, connect
 from .errors import PrerequisiteMissing, UsageError
 from .history import ENGINE_TABLES
@@ -25,6 +25,7 @@ SEQUENCE_ALL = ("USAGE", "SELECT", "UPDATE")
 DESIRED_TABLES = {"app": TABLE_DML, "readonly": ("SELECT",)}
 DESIRED_ENGINE_TABLES = {"app": ("SELECT",), "readonly": ("SELECT",)}  # history is written by migrations only
 DESIRED_SEQUENCES = {"app": ("USAGE", "SELECT"), "readonly": ("SELECT",)}
+SCHEMA = "public"  # every object is named with it: never resolved through the connection's search_path
 
 
 @dataclass
@@ -67,6 +68,11 @@ def declared_roles(target: Target) -> dict[str, str]:
                 f"{kind} role {name!r} is not a valid role name",
                 "use lower case letters, digits and _ (at most 63), starting with a letter or _",
             )
+        if reserved_role_name(name):
+            raise UsageError(
+                f"{kind} role {name!r} is reserved by PostgreSQL (PUBLIC, NONE, CURRENT_USER ... and pg_* roles)",
+                "name a role of your own, e.g. bridge_app",
+            )
     if len(set(roles.values())) != 3:
         raise UsageError(f"owner, app and read-only roles must differ (got {roles})", "name three distinct roles")
     return roles
@@ -85,7 +91,9 @@ def reconcile_privileges(admin: Target, roles: dict[str, str], check: bool = Fal
             try:
                 for change in report.changes:
                     cur.execute(change.statement)
-                cur.execute("COMMIT")
+                # GRANT without the grant option is a warning, not an error ("no privileges were granted"):
+                # read the ACLs again and keep nothing unless every change took effect.
+                not_done = _plan_changes(cur, roles)
             except psycopg2.Error as exc:
                 cur.execute("ROLLBACK")
                 first = str(exc).strip().splitlines()[0]
@@ -95,6 +103,18 @@ def reconcile_privileges(admin: Target, roles: dict[str, str], check: bool = Fal
                         "set admin_user in environments.toml (or --admin-dsn) to a superuser or the schema owner",
                     ) from None
                 raise
+            if not_done:
+                cur.execute("ROLLBACK")
+                more = f" (and {len(not_done) - 1} more)" if len(not_done) > 1 else ""
+                raise PrerequisiteMissing(
+                    f"{admin.label}: {len(not_done)} of {len(report.changes)} privilege change(s) had no effect, "
+                    f"first: {not_done[0].reason}{more}; the connected role lacks the grant option or ownership, "
+                    "so nothing was changed",
+                    "set admin_user in environments.toml (or --admin-dsn) to the tables' owner or a superuser; "
+                    "`grant --check` lists every change",
+                    not_granted=[c.statement for c in not_done],
+                )
+            cur.execute("COMMIT")
     finally:
         conn.close()
     return report
@@ -198,11 +218,11 @@ def _relation_change(cur, verb: str, privileges: list[str], noun: str, relation:
         sql.SQL(verb),
         sql.SQL(", ").join(map(sql.SQL, privileges)),
         sql.SQL(noun),
-        sql.Identifier(relation),
+        sql.Identifier(SCHEMA, relation),  # qualified: the admin's search_path may lead elsewhere
         sql.SQL("TO" if verb == "GRANT" else "FROM"),
         sql.Identifier(role),
     )
-    return Change(f"{why} {', '.join(privileges)} on {relation}", _render(cur, statement))
+    return Change(f"{why} {', '.join(privileges)} on {SCHEMA}.{relation}", _render(cur, statement))
 
 
 def _render(cur, statement: sql.Composable) -> str:
@@ -234,7 +254,8 @@ def _privileges(cur, kind: str, name: str | None, role: str | None) -> set[str]:
     else:
         source = (
             "pg_class o, aclexplode(coalesce(o.relacl, acldefault((CASE o.relkind WHEN 'S' THEN 's' "
-            "ELSE 'r' END)::\"char\", o.relowner))) a WHERE o.oid = to_regclass(%(name)s)"
+            "ELSE 'r' END)::\"char\", o.relowner))) a "
+            "WHERE o.relnamespace = 'public'::regnamespace AND o.relname = %(name)s"
         )
     cur.execute(f"SELECT a.privilege_type FROM {source} AND a.grantee = {grantee}", {"name": name, "role": role})
     return {r[0] for r in cur.fetchall()}

@@ -46,7 +46,7 @@ def engine(module):
 
     config = load_config(module.params["config"] or os.path.join(module.params["project_dir"], "environments.toml"))
     target = resolve_target(config, module.params["environment"], module.params["dsn"])
-    return config, target, discover_migrations(config.migrations_dir)
+    return config, target, discover_migrations(config.migrations_dir, warn=module.warn)  # hidden files
 
 
 def run(module, body):
