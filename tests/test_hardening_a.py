@@ -228,6 +228,29 @@ def test_vaulted_password_is_in_no_process_listing_and_not_in_vvv_output(db, tmp
         db.query(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
+def test_no_role_or_playbook_hands_a_secret_to_a_task_environment():
+    """A task `environment:` becomes part of the module's /bin/sh -c command line (visible in ps and
+    -vvv): secrets go to modules as no_log parameters instead."""
+    import yaml
+
+    def environments(node):
+        if isinstance(node, dict):
+            if "name" in node and "environment" in node:  # a task's or a play's own environment
+                yield node["environment"]
+            for value in node.values():
+                yield from environments(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from environments(item)
+
+    found = []
+    for path in [*ROOT.glob("roles/*/tasks/*.yml"), *ROOT.glob("playbooks/*.yml")]:
+        for value in environments(yaml.safe_load(path.read_text())):
+            if "pass" in json.dumps(value).lower():
+                found.append(f"{path.relative_to(ROOT)}: {value}")
+    assert found == []
+
+
 def test_ansible_module_without_the_engine_says_what_to_install(tmp_path):
     ansible = os.path.join(os.path.dirname(sys.executable), "ansible")
     out = subprocess.run(

@@ -670,7 +670,9 @@ def restore_backup(
             "restore into a new database (the default) and check it first",
         )
     if replacing and not confirm(
-        f"Replace database {env_db} on {target.label} with {dump.name}? (the current one is kept, renamed)"
+        # named as the admin connection reaches it: that is where the renames happen
+        f"Replace database {env_db} ({with_database(admin, env_db).label}) with {dump.name}? "
+        "(the current one is kept, renamed)"
     ):
         raise RefusedByPolicy("restore not confirmed; nothing changed", "answer yes, or pass --yes")
     stale = clean_stale_scratch_databases(admin)
