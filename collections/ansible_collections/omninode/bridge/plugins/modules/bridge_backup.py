@@ -38,11 +38,8 @@ from ansible_collections.omninode.bridge.plugins.module_utils.bridge import argu
 
 def main():
     module = AnsibleModule(
-        argument_spec=argument_spec(
-            backup_dir=dict(type="path"),
-            verify_restore=dict(type="bool", default=False),
-            prune=dict(type="bool", default=False),
-        ),
+        argument_spec=argument_spec(backup_dir=dict(type="path"), verify_restore=dict(type="bool", default=False),
+                                    prune=dict(type="bool", default=False)),
         supports_check_mode=True,
     )
 
@@ -59,18 +56,14 @@ def main():
             folder = Path(module.params["backup_dir"])
         if module.check_mode:
             return dict(changed=True, path=None, folder=str(folder))
-        result = take_backup(target, folder, verify_restore=module.params["verify_restore"], admin=admin_target(target))
+        result = take_backup(target, folder, verify_restore=module.params["verify_restore"],
+                             admin=admin_target(target))
         pruned = []
         if module.params["prune"]:
             policy = target.environment.policy
             pruned = prune(folder, policy.keep_last, policy.keep_daily, policy.keep_weekly)
-        return dict(
-            changed=True,
-            path=result.path,
-            manifest=asdict(result.manifest),
-            pruned=pruned,
-            throughput_mb_s=result.throughput_mb_s,
-        )
+        return dict(changed=True, path=result.path, manifest=asdict(result.manifest), pruned=pruned,
+                    throughput_mb_s=result.throughput_mb_s)
 
     module.exit_json(**run(module, body))
 

@@ -51,14 +51,8 @@ def main():
         if module.params["preload"]:
             preload_changed, restart_required = ensure_preloaded(admin, names, check=module.check_mode)
         created = report.missing if module.check_mode else report.created
-        return dict(
-            changed=bool(created) or preload_changed,
-            created=created,
-            present=report.present,
-            not_preloaded=report.not_preloaded,
-            restart_required=restart_required,
-            target=report.target,
-        )
+        return dict(changed=bool(created) or preload_changed, created=created, present=report.present,
+                    not_preloaded=report.not_preloaded, restart_required=restart_required, target=report.target)
 
     module.exit_json(**run(module, body))
 

@@ -60,12 +60,8 @@ def main():
 
         config, target, migrations = engine(module)
         p = module.params
-        common = dict(
-            dry_run=module.check_mode,
-            lock_wait=p["lock_wait"],
-            confirm=lambda question: p["confirm"],
-            backup_dir=config.backup_folder(target.environment),
-        )
+        common = dict(dry_run=module.check_mode, lock_wait=p["lock_wait"], confirm=lambda question: p["confirm"],
+                      backup_dir=config.backup_folder(target.environment))
         if p["state"] == "migrated":
             result = bridge_engine.migrate(target, migrations, to_version=p["to"], **common)
         else:
@@ -75,10 +71,8 @@ def main():
             target=result.target,
             head_before=result.head_before,
             head_after=result.head_after,
-            steps=[
-                {"version": s.version, "name": s.name, "file": s.file, "execution_ms": s.execution_ms}
-                for s in result.steps
-            ],
+            steps=[{"version": s.version, "name": s.name, "file": s.file, "execution_ms": s.execution_ms}
+                   for s in result.steps],
             backup=result.backup,
         )
         if module._diff and result.steps:

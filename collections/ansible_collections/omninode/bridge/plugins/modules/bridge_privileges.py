@@ -32,18 +32,16 @@ from ansible_collections.omninode.bridge.plugins.module_utils.bridge import argu
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=argument_spec(admin_dsn=dict(type="str", no_log=True)), supports_check_mode=True
-    )
+    module = AnsibleModule(argument_spec=argument_spec(admin_dsn=dict(type="str", no_log=True)),
+                           supports_check_mode=True)
 
     def body():
         from bridge_db.connection import admin_target
         from bridge_db.privileges import declared_roles, reconcile_privileges
 
         _, target, _ = engine(module)
-        report = reconcile_privileges(
-            admin_target(target, module.params["admin_dsn"]), declared_roles(target), check=module.check_mode
-        )
+        report = reconcile_privileges(admin_target(target, module.params["admin_dsn"]), declared_roles(target),
+                                      check=module.check_mode)
         statements = [c.statement for c in report.changes]
         output = dict(changed=report.changed, statements=statements, roles=report.roles, target=report.target)
         if module._diff and statements:

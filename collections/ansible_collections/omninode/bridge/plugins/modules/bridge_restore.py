@@ -37,12 +37,9 @@ from ansible_collections.omninode.bridge.plugins.module_utils.bridge import argu
 
 def main():
     module = AnsibleModule(
-        argument_spec=argument_spec(
-            file=dict(type="path", required=True),
-            target_db=dict(type="str"),
-            overwrite=dict(type="bool", default=False),
-            confirm=dict(type="bool", default=False),
-        ),
+        argument_spec=argument_spec(file=dict(type="path", required=True), target_db=dict(type="str"),
+                                    overwrite=dict(type="bool", default=False),
+                                    confirm=dict(type="bool", default=False)),
         supports_check_mode=True,
     )
 
@@ -55,14 +52,9 @@ def main():
         _, target, _ = engine(module)
         if module.check_mode:
             return dict(changed=True, database=module.params["target_db"])
-        result = restore_backup(
-            target,
-            admin_target(target),
-            Path(module.params["file"]),
-            target_db=module.params["target_db"],
-            overwrite=module.params["overwrite"],
-            confirm=lambda question: module.params["confirm"],
-        )
+        result = restore_backup(target, admin_target(target), Path(module.params["file"]),
+                                target_db=module.params["target_db"], overwrite=module.params["overwrite"],
+                                confirm=lambda question: module.params["confirm"])
         return dict(changed=True, **result.as_dict())
 
     module.exit_json(**run(module, body))
