@@ -285,6 +285,7 @@ HOSTILE_MANIFESTS = {
     "subfolder globals": {"globals_file": "sub/inner.sql"},
     "file names another": {"file": "../precious.txt"},
     "symlinked globals": {"globals_file": "SYMLINK"},
+    "forged manifest for a folder that is not a backup": {"file": "FOLDER"},
 }
 
 
@@ -305,6 +306,14 @@ def test_prune_refuses_a_manifest_naming_anything_but_its_own_files_and_deletes_
     if overrides.get("globals_file") == "SYMLINK":
         overrides["globals_file"] = victim.name + ".globals.sql"
         (folder / overrides["globals_file"]).symlink_to(parent / "precious.txt")
+    if overrides.get("file") == "FOLDER":  # someone's folder, and a manifest claiming it as a backup
+        (folder / "important").mkdir()
+        (folder / "important" / "keep.txt").write_text("not a backup")
+        manifest = victim.with_name(victim.name + backup.MANIFEST_SUFFIX)
+        (folder / "important.manifest.json").write_text(
+            json.dumps({**json.loads(manifest.read_text()), "file": "important", "format": "directory"})
+        )
+        overrides = {}
     _fake_backup(folder, "omninode_bridge", now - timedelta(days=25), **overrides)  # same name as the victim
     config = _config(
         tmp_path,

@@ -518,6 +518,12 @@ def _manifest_problem(dump: Path, manifest: BackupManifest) -> tuple[str | None,
     read from a manifest is data: it must be exactly the name this program gives that file."""
     if manifest.file != dump.name:
         return f"its file {manifest.file!r} is not {dump.name!r}", True
+    # only what this program names and makes: <database>-<UTC stamp>[-N].dump (a file) or .dir (a folder)
+    ext = {"custom": ".dump", "directory": ".dir"}.get(manifest.format)
+    if ext is None or not _is_our_name(dump.name, str(manifest.database), ext):
+        return f"{dump.name!r} is not the name bridge-db gives a {manifest.format!r} backup", True
+    if dump.is_dir() != (ext == ".dir"):
+        return f"{dump.name!r} is a {'folder' if dump.is_dir() else 'file'}, not what a {ext} backup is", True
     if manifest.globals_file is not None:
         expected = dump.name + GLOBALS_SUFFIX
         if manifest.globals_file != expected:
@@ -924,20 +930,24 @@ def _remove_stale_partials(folder: Path, database: str) -> None:
 
 def _is_our_partial(name: str, database: str) -> bool:
     """`.<database>-<UTC stamp>[-N].(dump|dir)[.manifest.json|.globals.sql].partial`"""
-    if not (name.startswith(PARTIAL_PREFIX + database + "-") and name.endswith(PARTIAL_SUFFIX)):
+    if not (name.startswith(PARTIAL_PREFIX) and name.endswith(PARTIAL_SUFFIX)):
         return False
-    inner = name[len(PARTIAL_PREFIX + database + "-") : -len(PARTIAL_SUFFIX)]
+    inner = name[len(PARTIAL_PREFIX) : -len(PARTIAL_SUFFIX)]
     for suffix in (MANIFEST_SUFFIX, GLOBALS_SUFFIX):
         inner = inner.removesuffix(suffix)
-    for ext in (".dump", ".dir"):
-        if inner.endswith(ext):
-            stamp, _, counter = inner.removesuffix(ext).partition("-")
-            try:
-                datetime.strptime(stamp, STAMP)
-            except ValueError:
-                return False
-            return counter == "" or counter.isascii() and counter.isdigit()
-    return False
+    return any(_is_our_name(inner, database, ext) for ext in (".dump", ".dir"))
+
+
+def _is_our_name(name: str, database: str, ext: str) -> bool:
+    """`<database>-<UTC stamp>[-N]<ext>`, as _unique_name makes it."""
+    if not (name.startswith(database + "-") and name.endswith(ext)):
+        return False
+    stamp, _, counter = name[len(database) + 1 : -len(ext)].partition("-")
+    try:
+        datetime.strptime(stamp, STAMP)
+    except ValueError:
+        return False
+    return counter == "" or (counter.isascii() and counter.isdigit())
 
 
 @contextmanager
