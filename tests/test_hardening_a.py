@@ -536,7 +536,6 @@ def test_databases_a_killed_backup_or_restore_leaves_are_dropped_by_the_next_run
     folder = tmp_path / "b"
     made = backup.take_backup(db.target(), folder)
     bindir, started = _blocking_pg_restore(tmp_path, db)
-    before = {r[0] for r in db.query("SELECT datname FROM pg_database")}
     args = {
         "verify": ["backup", "--backup-dir", str(folder), "--verify-restore"],
         "drill": ["restore", "--file", made.path],
@@ -556,8 +555,13 @@ def test_databases_a_killed_backup_or_restore_leaves_are_dropped_by_the_next_run
         time.sleep(0.05)
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
-    left = {r[0] for r in db.query("SELECT datname FROM pg_database")} - before
-    left = {n for n in left if n.startswith((db.name, "bridge_verify_"))}  # not other tests' databases
+    left = {  # what the killed run left behind (its mark names its pid; other workers' are theirs)
+        r[0]
+        for r in db.query(
+            "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') LIKE %s",
+            (f"%by pid {killed.pid} %",),
+        )
+    }
     assert len(left) == 1  # what the killed run left behind
     # not ours (no mark), and ours but in use: both stay
     foreign = f"bridge_verify_{uuid.uuid4().hex[:12]}"

@@ -733,11 +733,13 @@ def _check_database_name(name: str) -> None:
 
 def _check_can_replace(admin: Target, database: str) -> None:
     """Before any copy is made: the admin connection must be able to rename the environment's database
-    and end its sessions, i.e. be a superuser, or its owner with CREATEDB and pg_signal_backend."""
+    and end the sessions on it, i.e. be a superuser, or its owner with CREATEDB (and pg_signal_backend
+    while other roles are connected to it)."""
     with _maintenance(admin) as cur:
         cur.execute(
             "SELECT r.rolsuper, r.rolcreatedb, pg_has_role(current_user, d.datdba, 'MEMBER'), "
-            "pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'), current_user "
+            "pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'), current_user, "
+            "(SELECT count(*) FROM pg_stat_activity a WHERE a.datname = d.datname AND a.usename <> current_user) "
             "FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = %s",
             (database,),
         )
@@ -747,20 +749,15 @@ def _check_can_replace(admin: Target, database: str) -> None:
             f"database {database} does not exist, so there is nothing to overwrite",
             "restore into a new database instead (drop --overwrite)",
         )
-    superuser, createdb, owner, can_signal, user = row
-    if not superuser and not (createdb and owner and can_signal):
-        missing = [
-            what
-            for what, ok in (
-                ("CREATEDB", createdb),
-                (f"ownership of {database}", owner),
-                ("pg_signal_backend", can_signal),
-            )
-            if not ok
-        ]
+    superuser, createdb, owner, can_signal, user, others = row
+    needs = [("CREATEDB", createdb), (f"ownership of {database}", owner)]
+    if others:
+        needs.append((f"pg_signal_backend (other roles have {others} session(s) on it)", can_signal))
+    missing = [what for what, ok in needs if not ok]
+    if not superuser and missing:
         raise PrerequisiteMissing(
-            f"replacing database {database} needs a superuser, or its owner with CREATEDB and pg_signal_backend; "
-            f"{user} lacks {', '.join(missing)}; nothing was restored",
+            f"replacing database {database} needs a superuser, or its owner with CREATEDB; {user} lacks "
+            f"{', '.join(missing)}; nothing was restored",
             "pass --admin-dsn for a superuser (or set admin_user), or grant what is missing",
         )
 
