@@ -402,6 +402,22 @@ def test_a_password_in_any_dsn_form_is_never_printed_in_errors_json_or_logs(tmp_
         assert "Traceback" not in text
 
 
+def test_a_known_password_is_masked_in_output_and_in_the_log_file_wherever_it_appears(tmp_path):
+    """The safety net behind the parsing: a password that happens to appear elsewhere (here the
+    database name equals it) is masked on the terminal, in --json and in the log file alike."""
+    secret = f"Pw{uuid.uuid4().hex[:10]}"
+    logs = tmp_path / "logs"
+    config = _config(tmp_path, f'[environments.staging]\ndatabase = "x"\nlog_dir = "{logs}"\nconnect_timeout = 2\n')
+    dsn = f"host=127.0.0.1 port=1 user=u dbname={secret} password={secret}"
+    for extra in ([], ["--json"]):
+        out = run_cli("migrate", "--config", str(config), "--env", "staging", "--dsn", dsn, *extra)
+        assert out.returncode == 3, out.stderr
+        assert "127.0.0.1:1/********" in out.stdout + out.stderr
+        assert secret not in out.stdout + out.stderr
+    logged = "".join(p.read_text() for p in logs.iterdir())
+    assert "127.0.0.1:1/********" in logged and secret not in logged
+
+
 # --------------------------------------------------------------------------- log_dir
 
 
