@@ -635,8 +635,10 @@ def test_restore_over_with_a_non_superuser_admin_is_a_clear_error_and_leaves_no_
         db.query(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
-def test_a_database_name_with_a_dash_can_be_backed_up_and_restored(admin_dsn, migrations, tmp_path):
-    name = f"bridge-test-{uuid.uuid4().hex[:8]}"
+@pytest.mark.parametrize("shape", ["bridge-test-{}", "../bridge/test-{}"])
+def test_a_database_name_with_a_dash_can_be_backed_up_and_restored(admin_dsn, migrations, tmp_path, shape):
+    """`-` (and `/`, which must not lead the dump out of its folder) in the database name."""
+    name = shape.format(uuid.uuid4().hex[:8])
     conn = psycopg2.connect(admin_dsn)
     conn.autocommit = True
     conn.cursor().execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
@@ -653,6 +655,7 @@ def test_a_database_name_with_a_dash_can_be_backed_up_and_restored(admin_dsn, mi
         out = run_cli("backup", "--dsn", dsn, "--backup-dir", str(tmp_path / "b"), "--verify-restore", "--json")
         assert out.returncode == 0, out.stderr
         dump = json.loads(out.stdout)["path"]
+        assert Path(dump).parent == tmp_path / "b"
         out = run_cli("restore", "--dsn", dsn, "--file", dump, "--json")  # default name: <db>_restore_<time>
         assert out.returncode == 0, out.stderr
         created.append(json.loads(out.stdout)["database"])

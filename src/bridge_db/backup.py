@@ -888,8 +888,15 @@ def _size_and_sha256(path: Path, digest: bool = True) -> tuple[int, str]:
     return size, hasher.hexdigest() if digest else ""
 
 
+def _file_stem(database: str) -> str:
+    """The database name as the start of a file name: a name PostgreSQL accepts may hold '/' or start
+    with '.', which must neither leave the folder nor hide the file."""
+    stem = database.replace("/", "_")
+    return "_" + stem[1:] if stem.startswith(".") else stem
+
+
 def _unique_name(folder: Path, database: str, when: datetime, fmt: str) -> str:
-    base = f"{database}-{when.strftime(STAMP)}"
+    base = f"{_file_stem(database)}-{when.strftime(STAMP)}"
     ext = ".dump" if fmt == "custom" else ".dir"
     name, n = base + ext, 1
     while (folder / name).exists():
@@ -937,9 +944,10 @@ def _is_our_partial(name: str, database: str) -> bool:
 
 def _is_our_name(name: str, database: str, ext: str) -> bool:
     """`<database>-<UTC stamp>[-N]<ext>`, as _unique_name makes it."""
-    if not (name.startswith(database + "-") and name.endswith(ext)):
+    stem = _file_stem(database)
+    if not (name.startswith(stem + "-") and name.endswith(ext)):
         return False
-    stamp, _, counter = name[len(database) + 1 : -len(ext)].partition("-")
+    stamp, _, counter = name[len(stem) + 1 : -len(ext)].partition("-")
     try:
         datetime.strptime(stamp, STAMP)
     except ValueError:
