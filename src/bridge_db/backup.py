@@ -456,10 +456,16 @@ def write_status_marker(
         "prune_error": None if prune_error is None else prune_error.message,
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial, path)
+    except OSError as exc:
+        raise BackupFailed(
+            f"cannot write the status file {path}: {exc.strerror or exc}",
+            "check --status-file's folder and its permissions; monitoring will see the marker as stale",
+        ) from None
 
 
 # --------------------------------------------------------------------------- listing and retention
