@@ -116,14 +116,14 @@ def commands(tool: str, exe: str, dsn: str, url: str, projects: Path) -> dict[st
         return {
             "apply": [[*cli, "migrate", "--dsn", dsn]],
             "noop": [[*cli, "migrate", "--dsn", dsn]],
-            "rollback": [[*cli, "rollback", "--to", "0", "--dsn", dsn]],
+            "rollback": [[*cli, "rollback", "--to", "0", "--dsn", dsn, "--yes"]],
         }
     if tool == "bridge-db (invoke)":
         inv = [str(BIN / "invoke")]
         return {
             "apply": [[*inv, "migrate", "--dsn", dsn]],
             "noop": [[*inv, "migrate", "--dsn", dsn]],
-            "rollback": [[*inv, "rollback", "--to", "0", "--dsn", dsn]],
+            "rollback": [[*inv, "rollback", "--to", "0", "--dsn", dsn, "--yes"]],
         }
     if tool == "psql loop (seed)":
         loop = [[*psql, "-f", str(f)] for f in files]

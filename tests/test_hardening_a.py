@@ -228,6 +228,29 @@ def test_vaulted_password_is_in_no_process_listing_and_not_in_vvv_output(db, tmp
         db.query(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
+def test_no_role_or_playbook_hands_a_secret_to_a_task_environment():
+    """A task `environment:` becomes part of the module's /bin/sh -c command line (visible in ps and
+    -vvv): secrets go to modules as no_log parameters instead."""
+    import yaml
+
+    def environments(node):
+        if isinstance(node, dict):
+            if "name" in node and "environment" in node:  # a task's or a play's own environment
+                yield node["environment"]
+            for value in node.values():
+                yield from environments(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from environments(item)
+
+    found = []
+    for path in [*ROOT.glob("roles/*/tasks/*.yml"), *ROOT.glob("playbooks/*.yml")]:
+        for value in environments(yaml.safe_load(path.read_text())):
+            if "pass" in json.dumps(value).lower():
+                found.append(f"{path.relative_to(ROOT)}: {value}")
+    assert found == []
+
+
 def test_ansible_module_without_the_engine_says_what_to_install(tmp_path):
     ansible = os.path.join(os.path.dirname(sys.executable), "ansible")
     out = subprocess.run(
@@ -262,6 +285,7 @@ HOSTILE_MANIFESTS = {
     "subfolder globals": {"globals_file": "sub/inner.sql"},
     "file names another": {"file": "../precious.txt"},
     "symlinked globals": {"globals_file": "SYMLINK"},
+    "forged manifest for a folder that is not a backup": {"file": "FOLDER"},
 }
 
 
@@ -282,6 +306,14 @@ def test_prune_refuses_a_manifest_naming_anything_but_its_own_files_and_deletes_
     if overrides.get("globals_file") == "SYMLINK":
         overrides["globals_file"] = victim.name + ".globals.sql"
         (folder / overrides["globals_file"]).symlink_to(parent / "precious.txt")
+    if overrides.get("file") == "FOLDER":  # someone's folder, and a manifest claiming it as a backup
+        (folder / "important").mkdir()
+        (folder / "important" / "keep.txt").write_text("not a backup")
+        manifest = victim.with_name(victim.name + backup.MANIFEST_SUFFIX)
+        (folder / "important.manifest.json").write_text(
+            json.dumps({**json.loads(manifest.read_text()), "file": "important", "format": "directory"})
+        )
+        overrides = {}
     _fake_backup(folder, "omninode_bridge", now - timedelta(days=25), **overrides)  # same name as the victim
     config = _config(
         tmp_path,
@@ -368,6 +400,22 @@ def test_a_password_in_any_dsn_form_is_never_printed_in_errors_json_or_logs(tmp_
         for piece in PIECES + (ENCODED,):
             assert piece not in text, (form, text)
         assert "Traceback" not in text
+
+
+def test_a_known_password_is_masked_in_output_and_in_the_log_file_wherever_it_appears(tmp_path):
+    """The safety net behind the parsing: a password that happens to appear elsewhere (here the
+    database name equals it) is masked on the terminal, in --json and in the log file alike."""
+    secret = f"Pw{uuid.uuid4().hex[:10]}"
+    logs = tmp_path / "logs"
+    config = _config(tmp_path, f'[environments.staging]\ndatabase = "x"\nlog_dir = "{logs}"\nconnect_timeout = 2\n')
+    dsn = f"host=127.0.0.1 port=1 user=u dbname={secret} password={secret}"
+    for extra in ([], ["--json"]):
+        out = run_cli("migrate", "--config", str(config), "--env", "staging", "--dsn", dsn, *extra)
+        assert out.returncode == 3, out.stderr
+        assert "127.0.0.1:1/********" in out.stdout + out.stderr
+        assert secret not in out.stdout + out.stderr
+    logged = "".join(p.read_text() for p in logs.iterdir())
+    assert "127.0.0.1:1/********" in logged and secret not in logged
 
 
 # --------------------------------------------------------------------------- log_dir
@@ -504,7 +552,6 @@ def test_databases_a_killed_backup_or_restore_leaves_are_dropped_by_the_next_run
     folder = tmp_path / "b"
     made = backup.take_backup(db.target(), folder)
     bindir, started = _blocking_pg_restore(tmp_path, db)
-    before = {r[0] for r in db.query("SELECT datname FROM pg_database")}
     args = {
         "verify": ["backup", "--backup-dir", str(folder), "--verify-restore"],
         "drill": ["restore", "--file", made.path],
@@ -524,8 +571,13 @@ def test_databases_a_killed_backup_or_restore_leaves_are_dropped_by_the_next_run
         time.sleep(0.05)
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
-    left = {r[0] for r in db.query("SELECT datname FROM pg_database")} - before
-    left = {n for n in left if n.startswith((db.name, "bridge_verify_"))}  # not other tests' databases
+    left = {  # what the killed run left behind (its mark names its pid; other workers' are theirs)
+        r[0]
+        for r in db.query(
+            "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') LIKE %s",
+            (f"%by pid {killed.pid} %",),
+        )
+    }
     assert len(left) == 1  # what the killed run left behind
     # not ours (no mark), and ours but in use: both stay
     foreign = f"bridge_verify_{uuid.uuid4().hex[:12]}"
@@ -583,8 +635,10 @@ def test_restore_over_with_a_non_superuser_admin_is_a_clear_error_and_leaves_no_
         db.query(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
-def test_a_database_name_with_a_dash_can_be_backed_up_and_restored(admin_dsn, migrations, tmp_path):
-    name = f"bridge-test-{uuid.uuid4().hex[:8]}"
+@pytest.mark.parametrize("shape", ["bridge-test-{}", "../bridge/test-{}"])
+def test_a_database_name_with_a_dash_can_be_backed_up_and_restored(admin_dsn, migrations, tmp_path, shape):
+    """`-` (and `/`, which must not lead the dump out of its folder) in the database name."""
+    name = shape.format(uuid.uuid4().hex[:8])
     conn = psycopg2.connect(admin_dsn)
     conn.autocommit = True
     conn.cursor().execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
@@ -601,6 +655,7 @@ def test_a_database_name_with_a_dash_can_be_backed_up_and_restored(admin_dsn, mi
         out = run_cli("backup", "--dsn", dsn, "--backup-dir", str(tmp_path / "b"), "--verify-restore", "--json")
         assert out.returncode == 0, out.stderr
         dump = json.loads(out.stdout)["path"]
+        assert Path(dump).parent == tmp_path / "b"
         out = run_cli("restore", "--dsn", dsn, "--file", dump, "--json")  # default name: <db>_restore_<time>
         assert out.returncode == 0, out.stderr
         created.append(json.loads(out.stdout)["database"])

@@ -456,10 +456,16 @@ def write_status_marker(
         "prune_error": None if prune_error is None else prune_error.message,
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial, path)
+    except OSError as exc:
+        raise BackupFailed(
+            f"cannot write the status file {path}: {exc.strerror or exc}",
+            "check --status-file's folder and its permissions; monitoring will see the marker as stale",
+        ) from None
 
 
 # --------------------------------------------------------------------------- listing and retention
@@ -518,6 +524,12 @@ def _manifest_problem(dump: Path, manifest: BackupManifest) -> tuple[str | None,
     read from a manifest is data: it must be exactly the name this program gives that file."""
     if manifest.file != dump.name:
         return f"its file {manifest.file!r} is not {dump.name!r}", True
+    # only what this program names and makes: <database>-<UTC stamp>[-N].dump (a file) or .dir (a folder)
+    ext = {"custom": ".dump", "directory": ".dir"}.get(manifest.format)
+    if ext is None or not _is_our_name(dump.name, str(manifest.database), ext):
+        return f"{dump.name!r} is not the name bridge-db gives a {manifest.format!r} backup", True
+    if dump.is_dir() != (ext == ".dir"):
+        return f"{dump.name!r} is a {'folder' if dump.is_dir() else 'file'}, not what a {ext} backup is", True
     if manifest.globals_file is not None:
         expected = dump.name + GLOBALS_SUFFIX
         if manifest.globals_file != expected:
@@ -670,7 +682,9 @@ def restore_backup(
             "restore into a new database (the default) and check it first",
         )
     if replacing and not confirm(
-        f"Replace database {env_db} on {target.label} with {dump.name}? (the current one is kept, renamed)"
+        # named as the admin connection reaches it: that is where the renames happen
+        f"Replace database {env_db} ({with_database(admin, env_db).label}) with {dump.name}? "
+        "(the current one is kept, renamed)"
     ):
         raise RefusedByPolicy("restore not confirmed; nothing changed", "answer yes, or pass --yes")
     stale = clean_stale_scratch_databases(admin)
@@ -725,11 +739,13 @@ def _check_database_name(name: str) -> None:
 
 def _check_can_replace(admin: Target, database: str) -> None:
     """Before any copy is made: the admin connection must be able to rename the environment's database
-    and end its sessions, i.e. be a superuser, or its owner with CREATEDB and pg_signal_backend."""
+    and end the sessions on it, i.e. be a superuser, or its owner with CREATEDB (and pg_signal_backend
+    while other roles are connected to it)."""
     with _maintenance(admin) as cur:
         cur.execute(
             "SELECT r.rolsuper, r.rolcreatedb, pg_has_role(current_user, d.datdba, 'MEMBER'), "
-            "pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'), current_user "
+            "pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'), current_user, "
+            "(SELECT count(*) FROM pg_stat_activity a WHERE a.datname = d.datname AND a.usename <> current_user) "
             "FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = %s",
             (database,),
         )
@@ -739,20 +755,15 @@ def _check_can_replace(admin: Target, database: str) -> None:
             f"database {database} does not exist, so there is nothing to overwrite",
             "restore into a new database instead (drop --overwrite)",
         )
-    superuser, createdb, owner, can_signal, user = row
-    if not superuser and not (createdb and owner and can_signal):
-        missing = [
-            what
-            for what, ok in (
-                ("CREATEDB", createdb),
-                (f"ownership of {database}", owner),
-                ("pg_signal_backend", can_signal),
-            )
-            if not ok
-        ]
+    superuser, createdb, owner, can_signal, user, others = row
+    needs = [("CREATEDB", createdb), (f"ownership of {database}", owner)]
+    if others:
+        needs.append((f"pg_signal_backend (other roles have {others} session(s) on it)", can_signal))
+    missing = [what for what, ok in needs if not ok]
+    if not superuser and missing:
         raise PrerequisiteMissing(
-            f"replacing database {database} needs a superuser, or its owner with CREATEDB and pg_signal_backend; "
-            f"{user} lacks {', '.join(missing)}; nothing was restored",
+            f"replacing database {database} needs a superuser, or its owner with CREATEDB; {user} lacks "
+            f"{', '.join(missing)}; nothing was restored",
             "pass --admin-dsn for a superuser (or set admin_user), or grant what is missing",
         )
 
@@ -883,8 +894,15 @@ def _size_and_sha256(path: Path, digest: bool = True) -> tuple[int, str]:
     return size, hasher.hexdigest() if digest else ""
 
 
+def _file_stem(database: str) -> str:
+    """The database name as the start of a file name: a name PostgreSQL accepts may hold '/' or start
+    with '.', which must neither leave the folder nor hide the file."""
+    stem = database.replace("/", "_")
+    return "_" + stem[1:] if stem.startswith(".") else stem
+
+
 def _unique_name(folder: Path, database: str, when: datetime, fmt: str) -> str:
-    base = f"{database}-{when.strftime(STAMP)}"
+    base = f"{_file_stem(database)}-{when.strftime(STAMP)}"
     ext = ".dump" if fmt == "custom" else ".dir"
     name, n = base + ext, 1
     while (folder / name).exists():
@@ -922,20 +940,25 @@ def _remove_stale_partials(folder: Path, database: str) -> None:
 
 def _is_our_partial(name: str, database: str) -> bool:
     """`.<database>-<UTC stamp>[-N].(dump|dir)[.manifest.json|.globals.sql].partial`"""
-    if not (name.startswith(PARTIAL_PREFIX + database + "-") and name.endswith(PARTIAL_SUFFIX)):
+    if not (name.startswith(PARTIAL_PREFIX) and name.endswith(PARTIAL_SUFFIX)):
         return False
-    inner = name[len(PARTIAL_PREFIX + database + "-") : -len(PARTIAL_SUFFIX)]
+    inner = name[len(PARTIAL_PREFIX) : -len(PARTIAL_SUFFIX)]
     for suffix in (MANIFEST_SUFFIX, GLOBALS_SUFFIX):
         inner = inner.removesuffix(suffix)
-    for ext in (".dump", ".dir"):
-        if inner.endswith(ext):
-            stamp, _, counter = inner.removesuffix(ext).partition("-")
-            try:
-                datetime.strptime(stamp, STAMP)
-            except ValueError:
-                return False
-            return counter == "" or counter.isascii() and counter.isdigit()
-    return False
+    return any(_is_our_name(inner, database, ext) for ext in (".dump", ".dir"))
+
+
+def _is_our_name(name: str, database: str, ext: str) -> bool:
+    """`<database>-<UTC stamp>[-N]<ext>`, as _unique_name makes it."""
+    stem = _file_stem(database)
+    if not (name.startswith(stem + "-") and name.endswith(ext)):
+        return False
+    stamp, _, counter = name[len(stem) + 1 : -len(ext)].partition("-")
+    try:
+        datetime.strptime(stamp, STAMP)
+    except ValueError:
+        return False
+    return counter == "" or (counter.isascii() and counter.isdigit())
 
 
 @contextmanager

@@ -215,17 +215,20 @@ def _on_sigterm(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    with _redacting(_secrets(argv)), _interruptible():
-        try:
-            args = build_parser().parse_args(argv)
-        except BridgeDbError as exc:
-            exc.message = _hide_connection_strings(exc.message, argv)
-            _print_error(exc, as_json=False)
-            return exc.exit_code
-        if not args.verb:
-            build_parser().print_help()
-            return 2
-        with _run_log(args):
+    secrets = _secrets(argv)
+    with _interruptible():
+        with _redacting(secrets):
+            try:
+                args = build_parser().parse_args(argv)
+            except BridgeDbError as exc:
+                exc.message = _hide_connection_strings(exc.message, argv)
+                _print_error(exc, as_json=False)
+                return exc.exit_code
+            if not args.verb:
+                build_parser().print_help()
+                return 2
+        # redaction inside the run log's copy, so that the log file gets the redacted text too
+        with _run_log(args), _redacting(secrets):
             return _dispatch(args)
 
 

@@ -16,7 +16,7 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from .config import MAX_WAIT_SECONDS, Config, Environment
-from .errors import ConnectionFailed, LockTimeout, UsageError
+from .errors import BridgeDbError, ConnectionFailed, LockTimeout, UsageError
 
 DSN_ENV_VAR = "BRIDGE_DB_DSN"
 ADMIN_DSN_ENV_VAR = "BRIDGE_DB_ADMIN_DSN"
@@ -82,8 +82,8 @@ def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Tar
         parsed = _safe_dsn_params(dsn)  # validate early, without echoing the string
         reached = _endpoint(parsed)
         owner = environment
-        if reached != _endpoint(_own_params(config, environment)[0]):
-            matches = [e for e in config.environments.values() if _endpoint(_own_params(config, e)[0]) == reached]
+        if reached != _own_endpoint(config, environment):
+            matches = [e for e in config.environments.values() if _own_endpoint(config, e) == reached]
             # the strictest of them, should two environments name the same database
             matches.sort(key=lambda e: (e.policy.require_confirmation, e.policy.backup_before_migrate), reverse=True)
             owner = matches[0] if matches else None
@@ -122,6 +122,15 @@ def _own_params(config: Config, environment: Environment) -> tuple[dict[str, obj
     )
     params.update(cluster.connection_params())
     return params, cluster
+
+
+def _own_endpoint(config: Config, environment: Environment) -> tuple[str, ...] | None:
+    """Which database the environment's own connection reaches; None when that cannot be known here
+    (e.g. an embedded cluster with no user to run it): then no DSN is taken for it."""
+    try:
+        return _endpoint(_own_params(config, environment)[0])
+    except BridgeDbError:
+        return None
 
 
 def _endpoint(params: dict) -> tuple[str, ...]:

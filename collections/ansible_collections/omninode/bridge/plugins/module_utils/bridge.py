@@ -46,6 +46,8 @@ def engine(module):
 
     config = load_config(module.params["config"] or os.path.join(module.params["project_dir"], "environments.toml"))
     target = resolve_target(config, module.params["environment"], module.params["dsn"])
+    for note in target.notes:  # e.g. the DSN's own sslmode replaces the environment's
+        module.warn(note)
     return config, target, discover_migrations(config.migrations_dir, warn=module.warn)  # hidden files
 
 
