@@ -1,0 +1,144 @@
+"""Review 9: faults found in verify's replay (schema_diff) and the adoption script.
+
+Each test is a minimal reproduction: it failed on main at c3419f0.
+"""
+
+from __future__ import annotations
+
+from bridge_db import engine
+from bridge_db.discovery import discover_migrations
+
+
+def _with_007(folder, forward: str, rollback: str):
+    (folder / "007_review.sql").write_text(forward)
+    (folder / "007_rollback_review.sql").write_text(rollback)
+    return discover_migrations(folder)
+
+
+def test_verify_still_compares_a_table_that_a_later_migration_renamed(db, migrations_copy):
+    """The replay listed only the names CREATE TABLE used, so a renamed table fell out of the reference:
+    a dropped column (even a dropped index) on it was reported "ok" with definitions compared.
+    """
+    migrations = _with_007(
+        migrations_copy,
+        "ALTER TABLE fsm_transitions RENAME TO state_transitions;\n",
+        "ALTER TABLE state_transitions RENAME TO fsm_transitions;\n",
+    )
+    engine.migrate(db.target(), migrations)
+    assert engine.verify(db.target(), migrations).ok
+    db.query("ALTER TABLE state_transitions DROP COLUMN transition_data")
+    report = engine.verify(db.target(), migrations)
+    assert not report.ok
+    assert any("transition_data" in p for p in report.problems), report.problems
+
+
+def test_verify_never_moves_a_live_sequence(db, migrations_copy):
+    """A statement that names no table (here SELECT setval on a schema-qualified sequence) was replayed
+    against the real database; setval is not transactional, so verify's ROLLBACK did not undo it and
+    the next INSERT failed with a duplicate key."""
+    migrations = _with_007(
+        migrations_copy,
+        "CREATE TABLE IF NOT EXISTS review_counter (id serial PRIMARY KEY);\n"
+        "SELECT setval('public.review_counter_id_seq', 1000);\n",
+        "DROP TABLE IF EXISTS review_counter;\n",
+    )
+    engine.migrate(db.target(), migrations)
+    for _ in range(5):
+        db.query("INSERT INTO review_counter DEFAULT VALUES")
+    engine.verify(db.target(), migrations)
+    assert db.query("SELECT last_value FROM review_counter_id_seq") == [(1005,)]
+    db.query("INSERT INTO review_counter DEFAULT VALUES")  # no duplicate key
+
+
+def test_verify_does_not_run_a_do_block_against_live_tables(db, migrations_copy):
+    """A DO block has no table name the replay could check: it altered the live table (under an ACCESS
+    EXCLUSIVE lock) instead of the temporary copy, then reported the column as undeclared.
+    """
+    migrations = _with_007(
+        migrations_copy,
+        "DO $$ BEGIN ALTER TABLE public.workflow_steps ADD COLUMN IF NOT EXISTS note text; END $$;\n",
+        "ALTER TABLE workflow_steps DROP COLUMN IF EXISTS note;\n",
+    )
+    engine.migrate(db.target(), migrations)
+    report = engine.verify(db.target(), migrations)
+    assert report.ok, report.problems
+    db.query("ALTER TABLE workflow_steps DROP COLUMN note")
+    report = engine.verify(db.target(), migrations)
+    # names only cannot see inside the DO block, but verify must not claim it compared definitions
+    assert not report.ok or report.compared == "names"
+
+
+def test_verify_after_an_idempotent_do_block_reports_no_false_difference(db, migrations_copy):
+    """The usual "add the column if information_schema lacks it" block saw the live column during the
+    replay, skipped the temporary copy, and verify failed a correctly migrated database.
+    """
+    migrations = _with_007(
+        migrations_copy,
+        "DO $$ BEGIN\n"
+        "  IF NOT EXISTS (SELECT 1 FROM information_schema.columns\n"
+        "                 WHERE table_name = 'node_registrations' AND column_name = 'zone') THEN\n"
+        "    ALTER TABLE node_registrations ADD COLUMN zone text;\n"
+        "  END IF;\n"
+        "END $$;\n",
+        "ALTER TABLE node_registrations DROP COLUMN IF EXISTS zone;\n",
+    )
+    engine.migrate(db.target(), migrations)
+    report = engine.verify(db.target(), migrations)
+    assert report.ok, report.problems
+
+
+def test_verify_with_a_schema_qualified_create_table_returns_a_report(db, migrations_copy):
+    """CREATE TABLE public.x was replayed (into the real schema) and then looked up as
+    'pg_temp.public.x': verify aborted with "cross-database references are not implemented".
+    """
+    migrations = _with_007(
+        migrations_copy,
+        "CREATE TABLE IF NOT EXISTS public.review_extra (id int PRIMARY KEY, v text NOT NULL);\n",
+        "DROP TABLE IF EXISTS public.review_extra;\n",
+    )
+    engine.migrate(db.target(), migrations)
+    report = engine.verify(db.target(), migrations)
+    assert report.ok, report.problems
+
+
+def test_verify_reports_a_missing_table_created_after_set_search_path(db, migrations_copy):
+    """After SET search_path the replay created the table in the real schema (rolled back), not in
+    pg_temp; the table silently left the reference and its loss was reported as "ok"."""
+    migrations = _with_007(
+        migrations_copy,
+        "SET search_path = public;\nCREATE TABLE IF NOT EXISTS review_extra2 (id int PRIMARY KEY);\n",
+        "DROP TABLE IF EXISTS review_extra2;\n",
+    )
+    engine.migrate(db.target(), migrations)
+    assert engine.verify(db.target(), migrations).ok
+    db.query("DROP TABLE review_extra2")
+    report = engine.verify(db.target(), migrations)
+    assert not report.ok
+    assert any("review_extra2" in p for p in report.problems), report.problems
+
+
+def test_verify_replay_does_not_drop_a_live_index_the_files_did_not_create(db, migrations_copy):
+    """DROP INDEX IF EXISTS of an index that exists only in the live schema (made by hand, or by the
+    application) was replayed against the live index: an ACCESS EXCLUSIVE lock on the live table.
+    """
+    migrations = _with_007(
+        migrations_copy,
+        "DROP INDEX IF EXISTS idx_review_by_hand;\n",
+        "SELECT 1;\n",
+    )
+    engine.migrate(db.target(), migrations, to_version=6)
+    db.query("CREATE INDEX idx_review_by_hand ON workflow_steps (step_name)")
+    engine.migrate(db.target(), migrations)  # drops it
+    db.query("CREATE INDEX idx_review_by_hand ON workflow_steps (step_name)")  # someone adds it back
+    # a reader holds ACCESS SHARE on workflow_steps: a replay that takes ACCESS EXCLUSIVE waits on it
+    reader = db.connect()
+    reader.autocommit = False
+    with reader.cursor() as cur:
+        cur.execute("SELECT count(*) FROM workflow_steps")
+    try:
+        report = engine.verify(db.target(), migrations)
+    finally:
+        reader.rollback()
+        reader.close()
+    assert report.compared == "definitions", report.note
+    assert any("idx_review_by_hand" in p for p in report.problems), report.problems
