@@ -142,3 +142,20 @@ def test_verify_replay_does_not_drop_a_live_index_the_files_did_not_create(db, m
         reader.close()
     assert report.compared == "definitions", report.note
     assert any("idx_review_by_hand" in p for p in report.problems), report.problems
+
+
+def test_verify_sees_a_lost_identity_and_a_changed_collation(db, migrations_copy):
+    """Columns were compared by format_type and pg_attrdef only: a column that lost GENERATED ... AS
+    IDENTITY (every INSERT without an id now fails NOT NULL) or gained COLLATE "C" was reported "ok"."""
+    migrations = _with_007(
+        migrations_copy,
+        "CREATE TABLE IF NOT EXISTS review_ids (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text);\n",
+        "DROP TABLE IF EXISTS review_ids;\n",
+    )
+    engine.migrate(db.target(), migrations)
+    assert engine.verify(db.target(), migrations).ok
+    db.query("ALTER TABLE review_ids ALTER COLUMN id DROP IDENTITY")
+    db.query('ALTER TABLE node_registrations ALTER COLUMN node_type TYPE varchar(100) COLLATE "C"')
+    problems = engine.verify(db.target(), migrations).problems
+    assert any("review_ids.id" in p and "IDENTITY" in p for p in problems), problems
+    assert any("node_registrations.node_type" in p and "COLLATE" in p for p in problems), problems
