@@ -159,3 +159,21 @@ def test_verify_sees_a_lost_identity_and_a_changed_collation(db, migrations_copy
     problems = engine.verify(db.target(), migrations).problems
     assert any("review_ids.id" in p and "IDENTITY" in p for p in problems), problems
     assert any("node_registrations.node_type" in p and "COLLATE" in p for p in problems), problems
+
+
+def test_the_adoption_script_leaves_a_project_built_database_indexes_alone(db, migrations):
+    """On a database the project's migrations built, the script dropped and rebuilt six of its indexes
+    (DROP INDEX takes ACCESS EXCLUSIVE on the table, held to the end of the -1 transaction): on a big
+    table, minutes in which nobody could even read it. It must be harmless there."""
+    from conftest import ROOT
+
+    engine.migrate(db.target(), migrations)
+    db.query(
+        "INSERT INTO workflow_executions (correlation_id, workflow_type, namespace, started_at) "
+        "SELECT uuid_generate_v4(), 't', 'ns', now() FROM generate_series(1, 1000)"
+    )
+    files = "SELECT relname, relfilenode FROM pg_class WHERE relkind = 'i' AND relname LIKE 'idx_%' ORDER BY 1"
+    before = db.query(files)
+    db.psql("-1", "-f", str(ROOT / "scripts" / "adopt_application_v1.sql"))
+    assert db.query(files) == before
+    assert engine.verify(db.target(), migrations).ok
