@@ -177,3 +177,19 @@ def test_the_adoption_script_leaves_a_project_built_database_indexes_alone(db, m
     db.psql("-1", "-f", str(ROOT / "scripts" / "adopt_application_v1.sql"))
     assert db.query(files) == before
     assert engine.verify(db.target(), migrations).ok
+
+
+def test_verify_compares_a_table_whose_name_needs_quotes(db, migrations_copy):
+    """Names were looked up unquoted: a table "AuditLog" was never compared on main (to_regclass folded
+    it to auditlog, so it left the reference) and its loss went unreported."""
+    migrations = _with_007(
+        migrations_copy,
+        'CREATE TABLE IF NOT EXISTS "AuditLog" (id int PRIMARY KEY, "Note" text NOT NULL);\n',
+        'DROP TABLE IF EXISTS "AuditLog";\n',
+    )
+    engine.migrate(db.target(), migrations)
+    report = engine.verify(db.target(), migrations)
+    assert report.ok and report.compared == "definitions", (report.problems, report.note)
+    db.query('ALTER TABLE "AuditLog" ALTER COLUMN "Note" DROP NOT NULL')
+    report = engine.verify(db.target(), migrations)
+    assert any("AuditLog.Note" in p for p in report.problems), report.problems

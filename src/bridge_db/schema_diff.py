@@ -100,7 +100,8 @@ def reference_tables(conn, applied: list[Migration]) -> dict[str, Table]:
 
 def live_tables(conn, names) -> dict[str, Table | None]:
     with conn.cursor() as cur:
-        return {name: _read_table(cur, name) if _exists(cur, name) else None for name in names}
+        # names are catalog names (case kept): quoted, so that "AuditLog" is not looked up as auditlog
+        return {name: _read_table(cur, _quote(name)) if _exists(cur, _quote(name)) else None for name in names}
 
 
 def differences(reference: dict[str, Table], live: dict[str, Table | None]) -> list[str]:
