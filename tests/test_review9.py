@@ -193,3 +193,30 @@ def test_verify_compares_a_table_whose_name_needs_quotes(db, migrations_copy):
     db.query('ALTER TABLE "AuditLog" ALTER COLUMN "Note" DROP NOT NULL')
     report = engine.verify(db.target(), migrations)
     assert any("AuditLog.Note" in p for p in report.problems), report.problems
+
+
+def test_verify_reports_an_index_left_invalid_by_a_failed_concurrent_rebuild(db, migrations_copy):
+    """A concurrent (re)build that fails leaves an INVALID index with the declared name and definition:
+    it enforces nothing and serves no query, and verify said "ok"."""
+    import psycopg2
+    import pytest
+
+    migrations = _with_007(
+        migrations_copy,
+        "CREATE UNIQUE INDEX IF NOT EXISTS uq_review_step_name ON workflow_steps (step_name);\n",
+        "DROP INDEX IF EXISTS uq_review_step_name;\n",
+    )
+    engine.migrate(db.target(), migrations)
+    db.query("DROP INDEX uq_review_step_name")  # a rebuild: drop, then create concurrently
+    db.query(
+        "INSERT INTO workflow_executions (id, correlation_id, workflow_type, namespace) "
+        "VALUES ('11111111-1111-4111-8111-111111111111', uuid_generate_v4(), 't', 'ns')"
+    )
+    db.query(
+        "INSERT INTO workflow_steps (workflow_id, step_name, step_order) "
+        "SELECT '11111111-1111-4111-8111-111111111111', 'dup', g FROM generate_series(1, 2) g"
+    )
+    with pytest.raises(psycopg2.errors.UniqueViolation):
+        db.query("CREATE UNIQUE INDEX CONCURRENTLY uq_review_step_name ON workflow_steps (step_name)")
+    report = engine.verify(db.target(), migrations)
+    assert any("uq_review_step_name" in p and "INVALID" in p for p in report.problems), report.problems

@@ -276,13 +276,15 @@ def _read_table(cur, name: str) -> Table:
     for conname, kind, definition in cur.fetchall():
         table.constraints[conname] = (kind, _TEMP_SCHEMA.sub("", definition))
     cur.execute(
-        "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid), i.indisvalid FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid "
         "WHERE i.indrelid = to_regclass(%s) "
         "AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid)",
         (name,),
     )
-    for index, definition in cur.fetchall():
+    for index, definition, valid in cur.fetchall():
         head = _INDEX_HEAD.match(definition)
         rest = definition[head.end() :] if head else definition
-        table.indexes[index] = ("UNIQUE " if head and head.group(1) else "") + rest
+        # an index left INVALID by a failed concurrent build has the right definition and serves nothing
+        table.indexes[index] = ("UNIQUE " if head and head.group(1) else "") + rest + ("" if valid else " (INVALID)")
     return table
