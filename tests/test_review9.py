@@ -220,3 +220,23 @@ def test_verify_reports_an_index_left_invalid_by_a_failed_concurrent_rebuild(db,
         db.query("CREATE UNIQUE INDEX CONCURRENTLY uq_review_step_name ON workflow_steps (step_name)")
     report = engine.verify(db.target(), migrations)
     assert any("uq_review_step_name" in p and "INVALID" in p for p in report.problems), report.problems
+
+
+def test_the_replay_refuses_a_session_that_already_has_temporary_tables(db, migrations):
+    """Through a pooler a session may carry temporary tables: one named like a migration's table made
+    CREATE TABLE IF NOT EXISTS keep it, and the stranger's table became the reference."""
+    from bridge_db import schema_diff
+
+    engine.migrate(db.target(), migrations)
+    conn = db.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE workflow_executions (LIKE public.workflow_executions INCLUDING ALL)")
+            cur.execute("ALTER TABLE workflow_executions DROP COLUMN error_message")
+        try:
+            reference = schema_diff.reference_tables(conn, migrations)
+        except schema_diff.ReferenceUnavailable:
+            return
+    finally:
+        conn.close()
+    assert "error_message" in reference["workflow_executions"].columns, "the stranger's table became the reference"

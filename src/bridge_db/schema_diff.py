@@ -66,6 +66,13 @@ def reference_tables(conn, applied: list[Migration]) -> dict[str, Table]:
             cur.execute("SET LOCAL search_path = pg_temp, public")
             cur.execute("SET LOCAL lock_timeout = '100ms'")
             cur.execute("SET LOCAL statement_timeout = '30s'")
+            # A session that already holds temporary tables (a pooler handing over a used connection)
+            # would shadow the copies: CREATE TABLE IF NOT EXISTS would keep the stranger's table.
+            cur.execute("SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()")
+            if cur.fetchone()[0]:
+                raise ReferenceUnavailable(
+                    "the session already has temporary tables (a connection pooler?); only names are checked"
+                )
             for migration in applied:
                 for statement in migration.forward.statements:
                     sql = _replayable(cur, migration, statement)
