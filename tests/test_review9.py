@@ -5,6 +5,8 @@ Each test is a minimal reproduction: it failed on main at c3419f0.
 
 from __future__ import annotations
 
+import pytest
+
 from bridge_db import engine
 from bridge_db.discovery import discover_migrations
 
@@ -199,7 +201,6 @@ def test_verify_reports_an_index_left_invalid_by_a_failed_concurrent_rebuild(db,
     """A concurrent (re)build that fails leaves an INVALID index with the declared name and definition:
     it enforces nothing and serves no query, and verify said "ok"."""
     import psycopg2
-    import pytest
 
     migrations = _with_007(
         migrations_copy,
@@ -240,3 +241,26 @@ def test_the_replay_refuses_a_session_that_already_has_temporary_tables(db, migr
     finally:
         conn.close()
     assert "error_message" in reference["workflow_executions"].columns, "the stranger's table became the reference"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not fixed: ck_workflow_executions_completed_after_start has no counterpart in the application "
+    "(no model validator, no CHECK in its 001); dropping it changes 001 and the adoption script",
+)
+def test_a_completion_stamped_by_a_clock_behind_the_starter_is_accepted(db, migrations):
+    """The application takes started_at and completed_at from its callers' clocks (the adapter's INSERT
+    $5 and UPDATE $2; persistence.create_workflow_execution defaults started_at to now() while taking
+    completed_at as given). Its schema accepts completed_at < started_at; the project's CHECK refuses
+    the completion, and the row stays PROCESSING."""
+    engine.migrate(db.target(), migrations)
+    db.query(
+        "INSERT INTO workflow_executions (correlation_id, workflow_type, current_state, namespace, started_at, "
+        "metadata) VALUES ('44444444-4444-4444-8444-444444444444', 'metadata_stamping', 'PROCESSING', "
+        "'production', '2026-11-29 12:00:00.005+00', '{}')"
+    )
+    db.query(
+        "UPDATE workflow_executions SET current_state = 'COMPLETED', completed_at = '2026-11-29 12:00:00.002+00', "
+        "execution_time_ms = 2, error_message = NULL, metadata = '{}', updated_at = NOW() "
+        "WHERE correlation_id = '44444444-4444-4444-8444-444444444444'"
+    )
