@@ -264,3 +264,14 @@ def test_a_completion_stamped_by_a_clock_behind_the_starter_is_accepted(db, migr
         "execution_time_ms = 2, error_message = NULL, metadata = '{}', updated_at = NOW() "
         "WHERE correlation_id = '44444444-4444-4444-8444-444444444444'"
     )
+
+
+def test_verify_compares_definitions_when_extensions_live_in_their_own_schema(bare_db, migrations):
+    """The replay replaced the search_path with "pg_temp, public": where uuid-ossp is installed in an
+    `extensions` schema on the database's path (a common layout), migrate works but verify could not
+    replay 001 and silently compared names only."""
+    bare_db.query('CREATE SCHEMA extensions; CREATE EXTENSION "uuid-ossp" SCHEMA extensions')
+    bare_db.query(f'ALTER DATABASE {bare_db.name} SET search_path = "$user", public, extensions')
+    engine.migrate(bare_db.target(), migrations)
+    report = engine.verify(bare_db.target(), migrations)
+    assert report.ok and report.compared == "definitions", (report.problems, report.note)

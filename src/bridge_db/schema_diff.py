@@ -63,7 +63,12 @@ def reference_tables(conn, applied: list[Migration]) -> dict[str, Table]:
     with conn.cursor() as cur:
         cur.execute("BEGIN")
         try:
-            cur.execute("SET LOCAL search_path = pg_temp, public")
+            # pg_temp first, so that every unqualified CREATE lands there; then the session's own path, where
+            # the migrations found their functions and types (an extension may live in its own schema)
+            cur.execute(
+                "SELECT set_config('search_path', concat_ws(', ', 'pg_temp', "
+                "nullif(btrim(current_setting('search_path')), '')), true)"
+            )
             cur.execute("SET LOCAL lock_timeout = '100ms'")
             cur.execute("SET LOCAL statement_timeout = '30s'")
             # A session that already holds temporary tables (a pooler handing over a used connection)
