@@ -295,3 +295,20 @@ def test_the_release_wheel_carries_the_adoption_script():
         ROOT / d for d in setuptools.get("package-dir", {}).values() if d != "src"
     }
     assert (ROOT / "scripts") in shipped_dirs
+
+
+def test_a_failing_verify_says_when_it_compared_names_only(db, migrations_copy):
+    """The note that the replay was impossible (so types, defaults and constraints went unchecked) was
+    printed only with "ok"; a failing verify listed its problems as if they were all there was."""
+    from conftest import run_cli
+
+    migrations = _with_007(
+        migrations_copy,
+        "DO $$ BEGIN PERFORM 1; END $$;\n",
+        "SELECT 1;\n",
+    )
+    engine.migrate(db.target(), migrations)
+    db.query("DROP INDEX idx_workflow_steps_status")
+    out = run_cli("verify", "--dsn", db.dsn, "--migrations-dir", str(migrations_copy))
+    assert out.returncode == 5, out.stderr
+    assert "idx_workflow_steps_status" in out.stderr and "only names are checked" in out.stderr, out.stderr
