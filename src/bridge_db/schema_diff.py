@@ -33,6 +33,8 @@ _IGNORED_KINDS = {
     "InsertStmt", "UpdateStmt", "DeleteStmt", "LockStmt", "NotifyStmt",
     "CreateFunctionStmt", "CreateTrigStmt", "CreateEnumStmt", "CompositeTypeStmt", "CreateDomainStmt",
     "CreateSeqStmt", "CreateExtensionStmt", "ViewStmt", "CreatePolicyStmt", "SecLabelStmt",
+    "AlterSeqStmt", "AlterEnumStmt", "AlterFunctionStmt", "AlterDomainStmt", "AlterExtensionStmt", "DefineStmt",
+    "CreateSchemaStmt", "RuleStmt", "CreateStatsStmt", "ClusterStmt", "RefreshMatViewStmt",
 }  # fmt: skip
 # Statements that shape tables and indexes: run on the temporary copies, after the checks below.
 _REPLAYED_KINDS = {
