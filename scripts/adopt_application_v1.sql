@@ -168,6 +168,7 @@ SELECT pg_temp.add_check('node_registrations', 'ck_node_registrations_health_sta
 DROP INDEX IF EXISTS idx_node_registrations_health;
 DROP INDEX IF EXISTS idx_node_registrations_type;
 DROP INDEX IF EXISTS idx_node_registrations_type_health;
+DROP INDEX IF EXISTS idx_node_registrations_health_endpoint;  -- the application's 012: nothing looks nodes up by it
 SELECT pg_temp.drop_desc_index('idx_node_registrations_last_heartbeat');  -- (last_heartbeat DESC) becomes (last_heartbeat)
 CREATE INDEX IF NOT EXISTS idx_node_registrations_health_status ON node_registrations (health_status);
 CREATE INDEX IF NOT EXISTS idx_node_registrations_node_type ON node_registrations (node_type);

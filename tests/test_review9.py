@@ -312,3 +312,24 @@ def test_a_failing_verify_says_when_it_compared_names_only(db, migrations_copy):
     out = run_cli("verify", "--dsn", db.dsn, "--migrations-dir", str(migrations_copy))
     assert out.returncode == 5, out.stderr
     assert "idx_workflow_steps_status" in out.stderr and "only names are checked" in out.stderr, out.stderr
+
+
+def test_a_database_that_also_ran_the_applications_012_reaches_a_clean_verify(db, migrations):
+    """The current application needs health_endpoint, so a database it built has its 012 too (column and
+    a partial index). The documented procedure left that index behind, and verify failed for ever."""
+    from test_adoption import APPLICATION_ROWS, APPLICATION_V1
+
+    from conftest import ROOT
+
+    db.query(APPLICATION_V1)
+    db.query(APPLICATION_ROWS)
+    db.query(  # the application's 012, rebuilt from the reference facts
+        "ALTER TABLE node_registrations ADD COLUMN IF NOT EXISTS health_endpoint VARCHAR(500); "
+        "CREATE INDEX IF NOT EXISTS idx_node_registrations_health_endpoint "
+        "ON node_registrations (health_endpoint) WHERE health_endpoint IS NOT NULL"
+    )
+    engine.migrate(db.target(), migrations, to_version=6)
+    db.psql("-1", "-f", str(ROOT / "scripts" / "adopt_application_v1.sql"))
+    engine.migrate(db.target(), migrations)
+    report = engine.verify(db.target(), migrations)
+    assert report.ok, report.problems
