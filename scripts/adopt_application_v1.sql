@@ -32,6 +32,17 @@ BEGIN
     END IF;
 END $$;
 
+-- The application built some indexes DESC under the names the project uses ascending: drop only those,
+-- so that a database already in the project's shape (built by its migrations, or adopted before) keeps
+-- its indexes instead of rebuilding them under an ACCESS EXCLUSIVE lock held to the end of the script.
+CREATE FUNCTION pg_temp.drop_desc_index(idx text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF to_regclass(idx) IS NOT NULL AND pg_get_indexdef(to_regclass(idx)) LIKE '% DESC%' THEN
+        EXECUTE format('DROP INDEX %I', idx);
+    END IF;
+END $$;
+
 -- workflow_executions ---------------------------------------------------------------------------
 SELECT pg_temp.rename_constraint('workflow_executions', 'workflow_executions_pkey', 'pk_workflow_executions');
 SELECT pg_temp.rename_constraint('workflow_executions', 'workflow_executions_correlation_id_key',
@@ -57,7 +68,7 @@ SELECT pg_temp.add_check('workflow_executions', 'ck_workflow_executions_complete
     'completed_at IS NULL OR completed_at >= started_at');
 DROP INDEX IF EXISTS idx_workflow_executions_correlation_id;  -- the UNIQUE constraint's index already is one
 DROP INDEX IF EXISTS idx_workflow_executions_state;
-DROP INDEX IF EXISTS idx_workflow_executions_started_at;       -- (started_at DESC) becomes (started_at)
+SELECT pg_temp.drop_desc_index('idx_workflow_executions_started_at');  -- (started_at DESC) becomes (started_at)
 CREATE INDEX IF NOT EXISTS idx_workflow_executions_namespace ON workflow_executions (namespace);
 CREATE INDEX IF NOT EXISTS idx_workflow_executions_current_state ON workflow_executions (current_state);
 CREATE INDEX IF NOT EXISTS idx_workflow_executions_started_at ON workflow_executions (started_at);
@@ -82,7 +93,7 @@ SELECT pg_temp.add_check('workflow_steps', 'ck_workflow_steps_step_order', 'step
 SELECT pg_temp.add_check('workflow_steps', 'ck_workflow_steps_execution_time',
     'execution_time_ms IS NULL OR execution_time_ms >= 0');
 DROP INDEX IF EXISTS idx_workflow_steps_workflow_id_order;
-DROP INDEX IF EXISTS idx_workflow_steps_created_at;             -- (created_at DESC) becomes (created_at)
+SELECT pg_temp.drop_desc_index('idx_workflow_steps_created_at');  -- (created_at DESC) becomes (created_at)
 CREATE INDEX IF NOT EXISTS idx_workflow_steps_workflow_id ON workflow_steps (workflow_id);
 CREATE INDEX IF NOT EXISTS idx_workflow_steps_status ON workflow_steps (status);
 CREATE INDEX IF NOT EXISTS idx_workflow_steps_created_at ON workflow_steps (created_at);
@@ -100,7 +111,7 @@ SELECT pg_temp.add_check('fsm_transitions', 'ck_fsm_transitions_entity_type_not_
 SELECT pg_temp.add_check('fsm_transitions', 'ck_fsm_transitions_to_state_not_blank', $$btrim(to_state) <> ''$$);
 DROP INDEX IF EXISTS idx_fsm_transitions_entity;
 DROP INDEX IF EXISTS idx_fsm_transitions_states;
-DROP INDEX IF EXISTS idx_fsm_transitions_created_at;            -- (created_at DESC) becomes (created_at)
+SELECT pg_temp.drop_desc_index('idx_fsm_transitions_created_at');  -- (created_at DESC) becomes (created_at)
 CREATE INDEX IF NOT EXISTS idx_fsm_transitions_entity_id_entity_type ON fsm_transitions (entity_id, entity_type);
 CREATE INDEX IF NOT EXISTS idx_fsm_transitions_entity_type ON fsm_transitions (entity_type);
 CREATE INDEX IF NOT EXISTS idx_fsm_transitions_created_at ON fsm_transitions (created_at);
@@ -157,7 +168,8 @@ SELECT pg_temp.add_check('node_registrations', 'ck_node_registrations_health_sta
 DROP INDEX IF EXISTS idx_node_registrations_health;
 DROP INDEX IF EXISTS idx_node_registrations_type;
 DROP INDEX IF EXISTS idx_node_registrations_type_health;
-DROP INDEX IF EXISTS idx_node_registrations_last_heartbeat;     -- (last_heartbeat DESC) becomes (last_heartbeat)
+DROP INDEX IF EXISTS idx_node_registrations_health_endpoint;  -- the application's 012: nothing looks nodes up by it
+SELECT pg_temp.drop_desc_index('idx_node_registrations_last_heartbeat');  -- (last_heartbeat DESC) becomes (last_heartbeat)
 CREATE INDEX IF NOT EXISTS idx_node_registrations_health_status ON node_registrations (health_status);
 CREATE INDEX IF NOT EXISTS idx_node_registrations_node_type ON node_registrations (node_type);
 CREATE INDEX IF NOT EXISTS idx_node_registrations_last_heartbeat ON node_registrations (last_heartbeat);
@@ -170,8 +182,8 @@ UPDATE metadata_stamps SET created_at = now() WHERE created_at IS NULL;
 ALTER TABLE metadata_stamps ALTER COLUMN created_at SET NOT NULL;
 SELECT pg_temp.add_check('metadata_stamps', 'ck_metadata_stamps_file_hash', $$file_hash ~ '^[0-9A-Fa-f]{1,128}$'$$);
 SELECT pg_temp.add_check('metadata_stamps', 'ck_metadata_stamps_namespace_not_blank', $$btrim(namespace) <> ''$$);
-DROP INDEX IF EXISTS idx_metadata_stamps_created_at;            -- (created_at DESC) becomes (created_at)
-DROP INDEX IF EXISTS idx_metadata_stamps_namespace_created_at;  -- (namespace, created_at DESC) likewise
+SELECT pg_temp.drop_desc_index('idx_metadata_stamps_created_at');  -- (created_at DESC) becomes (created_at)
+SELECT pg_temp.drop_desc_index('idx_metadata_stamps_namespace_created_at');  -- (namespace, created_at DESC) likewise
 CREATE INDEX IF NOT EXISTS idx_metadata_stamps_workflow_id ON metadata_stamps (workflow_id);
 CREATE INDEX IF NOT EXISTS idx_metadata_stamps_file_hash ON metadata_stamps (file_hash);
 CREATE INDEX IF NOT EXISTS idx_metadata_stamps_namespace ON metadata_stamps (namespace);

@@ -577,6 +577,8 @@ def cmd_verify(args) -> int:
         print(f"verify failed: {report.target}", file=sys.stderr)
         for problem in report.problems:
             print(f"problem: {problem}", file=sys.stderr)
+        if report.note:  # names only: types, defaults and constraints were not compared
+            print(f"note: {report.note}", file=sys.stderr)
     return 0 if report.ok else 5
 
 
