@@ -11,7 +11,9 @@
 -- reads `SELECT *` into a model that forbids unknown fields, so an extra column here breaks every
 -- read the application makes. States are written upper case by the application's entities and
 -- reducer (PENDING, PROCESSING, ...) and lower case by its orchestrator enum, so the CHECK compares
--- upper(current_state). The UNIQUE constraint on correlation_id is itself the index on
+-- upper(current_state). There is no "completed_at >= started_at" rule: the application stamps both
+-- from its callers' clocks, and a completion from a clock running behind must not be refused. The
+-- UNIQUE constraint on correlation_id is itself the index on
 -- correlation_id: a second, plain index on the same column would only double the write cost.
 
 CREATE TABLE IF NOT EXISTS workflow_executions (
@@ -32,9 +34,7 @@ CREATE TABLE IF NOT EXISTS workflow_executions (
     CONSTRAINT ck_workflow_executions_current_state
         CHECK (upper(current_state) IN ('PENDING', 'PROCESSING', 'COMPLETED', 'FAILED', 'CANCELLED')),
     CONSTRAINT ck_workflow_executions_namespace_not_blank CHECK (btrim(namespace) <> ''),
-    CONSTRAINT ck_workflow_executions_execution_time CHECK (execution_time_ms IS NULL OR execution_time_ms >= 0),
-    CONSTRAINT ck_workflow_executions_completed_after_start
-        CHECK (completed_at IS NULL OR completed_at >= started_at)
+    CONSTRAINT ck_workflow_executions_execution_time CHECK (execution_time_ms IS NULL OR execution_time_ms >= 0)
 );
 
 CREATE INDEX IF NOT EXISTS idx_workflow_executions_namespace ON workflow_executions (namespace);
@@ -48,7 +48,7 @@ COMMENT ON COLUMN workflow_executions.workflow_type IS 'Kind of workflow, e.g. m
 COMMENT ON COLUMN workflow_executions.current_state IS 'Lifecycle state, in either case: PENDING, PROCESSING, COMPLETED, FAILED (the application) or CANCELLED.';
 COMMENT ON COLUMN workflow_executions.namespace IS 'Tenant/namespace the execution belongs to.';
 COMMENT ON COLUMN workflow_executions.started_at IS 'When the execution started.';
-COMMENT ON COLUMN workflow_executions.completed_at IS 'When the execution reached a final state; not before started_at.';
+COMMENT ON COLUMN workflow_executions.completed_at IS 'When the execution reached a final state (from the caller''s clock).';
 COMMENT ON COLUMN workflow_executions.execution_time_ms IS 'Wall time of the execution in milliseconds.';
 COMMENT ON COLUMN workflow_executions.error_message IS 'Last error, set when the execution failed.';
 COMMENT ON COLUMN workflow_executions.metadata IS 'Free-form metadata of the execution (a JSON object).';

@@ -64,8 +64,6 @@ SELECT pg_temp.add_check('workflow_executions', 'ck_workflow_executions_current_
 SELECT pg_temp.add_check('workflow_executions', 'ck_workflow_executions_namespace_not_blank', $$btrim(namespace) <> ''$$);
 SELECT pg_temp.add_check('workflow_executions', 'ck_workflow_executions_execution_time',
     'execution_time_ms IS NULL OR execution_time_ms >= 0');
-SELECT pg_temp.add_check('workflow_executions', 'ck_workflow_executions_completed_after_start',
-    'completed_at IS NULL OR completed_at >= started_at');
 DROP INDEX IF EXISTS idx_workflow_executions_correlation_id;  -- the UNIQUE constraint's index already is one
 DROP INDEX IF EXISTS idx_workflow_executions_state;
 SELECT pg_temp.drop_desc_index('idx_workflow_executions_started_at');  -- (started_at DESC) becomes (started_at)

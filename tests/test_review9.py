@@ -243,11 +243,6 @@ def test_the_replay_refuses_a_session_that_already_has_temporary_tables(db, migr
     assert "error_message" in reference["workflow_executions"].columns, "the stranger's table became the reference"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: ck_workflow_executions_completed_after_start has no counterpart in the application "
-    "(no model validator, no CHECK in its 001); dropping it changes 001 and the adoption script",
-)
 def test_a_completion_stamped_by_a_clock_behind_the_starter_is_accepted(db, migrations):
     """The application takes started_at and completed_at from its callers' clocks (the adapter's INSERT
     $5 and UPDATE $2; persistence.create_workflow_execution defaults started_at to now() while taking
@@ -277,11 +272,6 @@ def test_verify_compares_definitions_when_extensions_live_in_their_own_schema(ba
     assert report.ok and report.compared == "definitions", (report.problems, report.note)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: the script is outside the package; shipping it needs a package mapping and a documented "
-    "way to find it on the host",
-)
 def test_the_release_wheel_carries_the_adoption_script():
     """The wheel (and so the offline bundle `invoke dist` writes) carries migrations/ and its README, whose
     adoption procedure runs scripts/adopt_application_v1.sql; the script itself is not package data, so
