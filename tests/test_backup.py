@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from bridge_db import backup, engine
-from bridge_db.errors import BackupFailed
+from bridge_db import backup, engine, pgbuilds, pgtools
+from bridge_db.errors import BackupFailed, PrerequisiteMissing
 
 from conftest import HEAD, ROOT, drop_database, run_cli
 
@@ -50,7 +50,7 @@ def _fake_bindir(tmp_path, db, dump_version: int | None = None, fail_with: str |
     tools are the real ones."""
     bindir = tmp_path / "fakebin"
     bindir.mkdir()
-    real = Path(backup.client_tool("pg_restore", _server_major(db))[0]).parent
+    real = pgtools.restore_tool(_server_major(db), _server_major(db)).path.parent
     for tool in ("pg_restore", "pg_dumpall"):
         (bindir / tool).symlink_to(real / tool)
     version = dump_version or _server_major(db)
@@ -167,11 +167,16 @@ def test_restore_over_the_environment_database_needs_flag_and_confirmation(fille
 
 
 def test_too_old_pg_dump_is_a_clear_error_and_writes_nothing(filled, tmp_path, monkeypatch):
+    """The only pg_dump on the machine is older than the server: exit 7, naming the package."""
     monkeypatch.setenv("BRIDGE_PG_BINDIR", str(_fake_bindir(tmp_path, filled, dump_version=9)))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setenv(pgbuilds.CACHE_ENV, str(tmp_path / "no-builds"))
+    monkeypatch.setattr(pgtools.glob, "glob", lambda pattern: [])  # no /usr/lib/postgresql/*/bin
     folder = tmp_path / "backups"
-    with pytest.raises(BackupFailed, match="no pg_dump of version") as failure:
+    major = _server_major(filled)
+    with pytest.raises(PrerequisiteMissing, match=f"no pg_dump of PostgreSQL {major} or newer") as failure:
         backup.take_backup(filled.target(), folder)
-    assert failure.value.exit_code == 8 and "postgresql-client" in failure.value.next_step
+    assert failure.value.exit_code == 7 and f"postgresql-client-{major}" in failure.value.next_step
     assert [p.name for p in folder.iterdir() if p.name != ".lock"] == []
 
 

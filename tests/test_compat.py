@@ -9,6 +9,7 @@ under /var/tmp, started as the `postgres` OS user on a private socket, and stopp
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import uuid
@@ -155,6 +156,74 @@ def test_stats_reads_either_column_set_of_pg_stat_statements(server, mdb, extens
     report = json.loads(out.stdout)
     assert report["queries"], report["notes"]
     assert {t["table"] for t in report["tables"]} >= {"workflow_executions", "node_registrations"}
+
+
+def _migrated_with_rows(server, mdb) -> None:
+    assert cli(server, mdb, "setup-extensions", "--admin-dsn", mdb.dsn).returncode == 0
+    assert cli(server, mdb, "migrate").returncode == 0
+    mdb.query(
+        "INSERT INTO workflow_executions (correlation_id, workflow_type, current_state, namespace, started_at) "
+        "SELECT uuid_generate_v4(), 'metadata_stamping', 'COMPLETED', 'production', now() FROM generate_series(1, 25)"
+    )
+    mdb.query(
+        "INSERT INTO workflow_steps (workflow_id, step_name, step_order, status, step_data) "
+        "SELECT id, 'generate_blake3_hash', 0, 'COMPLETED', '{\"n\": 1}' FROM workflow_executions"
+    )
+
+
+def _restored_counts(server, database: str) -> tuple[int, int]:
+    conn = psycopg2.connect(server.admin_dsn.replace("dbname=postgres", f"dbname={database}"))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT (SELECT count(*) FROM workflow_steps), (SELECT max(version) FROM schema_migrations)")
+            return cur.fetchone()
+    finally:
+        conn.close()
+
+
+def test_backup_with_verify_restore_then_restore_into_a_new_database(server, mdb):
+    _migrated_with_rows(server, mdb)
+    out = cli(server, mdb, "backup", "--verify-restore", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    manifest = result["manifest"]
+    assert manifest["verification"]["restored"] and manifest["row_counts"]["workflow_steps"] == 25
+    # pg_dump of the server's own major where the machine has one (13 has no client build: the oldest newer)
+    assert int(manifest["pg_dump_version"]) == (server.major if server.major != 13 else 14)
+    out = cli(server, mdb, "restore", "--file", result["path"], "--json")
+    assert out.returncode == 0, out.stderr
+    restored = json.loads(out.stdout)["database"]
+    try:
+        assert _restored_counts(server, restored) == (25, HEAD)
+    finally:
+        drop_database(server.admin_dsn, restored)
+
+
+def test_production_migrate_backs_up_first_and_runs_in_one_transaction(server, mdb):
+    assert cli(server, mdb, "setup-extensions", "--admin-dsn", mdb.dsn).returncode == 0
+    out = cli(server, mdb, "migrate", "--yes", "--json", env="compat_prod")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["single_transaction"] and result["backup"] and result["head_after"] == HEAD
+
+
+def test_backup_and_restore_with_newer_client_tools_first_on_path(server, mdb):
+    """PATH as a machine with several majors installed may have it: the newest first. The dump is still
+    made by the server's own pg_dump (where there is one) and restores into the same server."""
+    _migrated_with_rows(server, mdb)
+    newest_first = [str(pgbuilds.fetch(m).bindir) for m in (18, 17, 16)]
+    env = {"PATH": os.pathsep.join([*newest_first, os.environ.get("PATH", "")])}
+    base = ("--config", str(server.config), "--env", "compat", "--dsn", mdb.dsn, "--json")
+    out = run_cli("backup", *base, env=env)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    out = run_cli("restore", "--file", result["path"], *base, env=env)
+    assert out.returncode == 0, out.stderr
+    restored = json.loads(out.stdout)["database"]
+    try:
+        assert _restored_counts(server, restored) == (25, HEAD)
+    finally:
+        drop_database(server.admin_dsn, restored)
 
 
 def test_connection_failure_is_exit_3(server, mdb):

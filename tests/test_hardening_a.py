@@ -22,7 +22,7 @@ import psycopg2.extensions
 import pytest
 from psycopg2 import sql
 
-from bridge_db import backup, engine
+from bridge_db import backup, engine, pgtools
 from bridge_db.connection import LOCK_KEY
 
 from catalog import bridge_tables
@@ -531,7 +531,7 @@ def _blocking_pg_restore(tmp_path: Path, db) -> tuple[Path, Path]:
     bindir = tmp_path / "blockbin"
     bindir.mkdir()
     major = db.query("SELECT current_setting('server_version_num')::int / 10000")[0][0]
-    real = Path(backup.client_tool("pg_restore", major)[0]).parent
+    real = pgtools.restore_tool(major, major).path.parent
     for tool in ("pg_dump", "pg_dumpall"):
         (bindir / tool).symlink_to(real / tool)
     started = tmp_path / "restore-started"

@@ -11,7 +11,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import stat
 import subprocess
@@ -28,6 +27,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
+from . import pgtools
 from .connection import Target, connect, cursor_for, libpq_environment, with_database
 from .errors import BackupFailed, PrerequisiteMissing, RefusedByPolicy, UsageError
 from .history import applied_head
@@ -82,42 +82,7 @@ class BackupEntry:
 # --------------------------------------------------------------------------- tools
 
 
-def client_tool(name: str, server_major: int) -> tuple[Path, int]:
-    """The newest `name` (pg_dump, pg_restore, pg_dumpall) whose major version is at least the server's:
-    an older client cannot dump a newer server correctly."""
-    candidates: list[Path] = []
-    if os.environ.get("BRIDGE_PG_BINDIR"):
-        candidates.append(Path(os.environ["BRIDGE_PG_BINDIR"]) / name)
-    else:
-        import glob
-
-        candidates += [Path(p) for p in glob.glob(f"/usr/lib/postgresql/*/bin/{name}")]
-        candidates += [Path(p) for p in glob.glob(f"/usr/pgsql-*/bin/{name}")]
-        on_path = shutil.which(name)
-        if on_path:
-            candidates.append(Path(on_path))
-    found: list[tuple[int, Path]] = []
-    for path in candidates:
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            continue
-        try:
-            out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=30).stdout
-        except (OSError, subprocess.SubprocessError):
-            continue
-        match = re.search(r"(\d+)(?:\.\d+)?", out)
-        if match:
-            found.append((int(match.group(1)), path))
-    usable = sorted((v, p) for v, p in found if v >= server_major)
-    if not usable:
-        newest = max(found)[0] if found else None
-        raise BackupFailed(
-            f"no {name} of version {server_major} or newer (server is {server_major}"
-            + (f", newest {name} found is {newest})" if newest else f", no {name} found)"),
-            f"install the client tools of PostgreSQL {server_major} (Debian/Ubuntu: apt-get install "
-            f"postgresql-client-{server_major}), or point BRIDGE_PG_BINDIR at them",
-        )
-    version, path = usable[-1]
-    return path, version
+MAX_ERROR_LINES = 12  # of a failing tool's output, in the error message
 
 
 def _run_tool(cmd: list[str], env: dict[str, str], what: str, timeout: float | None = None, umask: int = -1) -> str:
@@ -126,8 +91,9 @@ def _run_tool(cmd: list[str], env: dict[str, str], what: str, timeout: float | N
     except subprocess.TimeoutExpired:
         raise BackupFailed(f"{what} did not finish within {timeout:.0f}s", "check the server and run again") from None
     if result.returncode != 0:
-        lines = [ln for ln in (result.stderr or result.stdout).strip().splitlines() if ln.strip()]
-        detail = lines[-1] if lines else f"exit {result.returncode}"
+        lines = [ln.strip() for ln in (result.stderr or result.stdout).strip().splitlines() if ln.strip()]
+        # pg_restore's last line is often only "Command was: ..."; its error is the line before: say all
+        detail = " / ".join(lines[-MAX_ERROR_LINES:]) if lines else f"exit {result.returncode}"
         if result.returncode < 0:  # killed: SIGXFSZ is a file-size limit, SIGKILL an operator or the OOM killer
             import signal
 
@@ -194,7 +160,8 @@ def take_backup(
                 )
                 version_num, server_version, database = cur.fetchone()
                 _remove_stale_partials(folder, database)
-                pg_dump, dump_major = client_tool("pg_dump", version_num // 10000)
+                dump_tool = pgtools.dump_tool("pg_dump", version_num // 10000)
+                pg_dump, dump_major = dump_tool.path, dump_tool.major
                 head = applied_head(cur)
                 # One snapshot for pg_dump and for the row counts, so that they describe the same data.
                 cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -229,7 +196,7 @@ def take_backup(
 
         try:
             _make_private(partial)
-            pg_restore, _ = client_tool("pg_restore", version_num // 10000)
+            pg_restore = pgtools.restore_tool(version_num // 10000, dump_major).path
             # Read the dump back while hashing it: two passes over the file at once, not one after the other.
             with ThreadPoolExecutor(max_workers=1) as pool:
                 listed = pool.submit(
@@ -419,7 +386,7 @@ def clean_stale_scratch_databases(admin: Target) -> list[str]:
 
 def _dump_globals(admin: Target, folder: Path, name: str, server_major: int) -> str:
     """Roles and tablespaces, without password hashes (--no-role-passwords)."""
-    pg_dumpall, _ = client_tool("pg_dumpall", server_major)
+    pg_dumpall = pgtools.dump_tool("pg_dumpall", server_major).path
     globals_name = f"{name}{GLOBALS_SUFFIX}"
     partial = folder / f"{PARTIAL_PREFIX}{globals_name}{PARTIAL_SUFFIX}"
     env = libpq_environment(admin)
@@ -695,7 +662,8 @@ def restore_backup(
 
     t0 = time.perf_counter()
     staging = _database_name(dest, f"_incoming_{uuid.uuid4().hex[:8]}") if replacing else dest
-    pg_restore, _ = client_tool("pg_restore", _server_major(admin))
+    made_by = manifest.pg_dump_version if str(manifest.pg_dump_version).isdigit() else None
+    pg_restore = pgtools.restore_tool(_server_major(admin), int(made_by) if made_by else None).path
     replaced = _database_name(env_db, f"_before_restore_{stamp}") if replacing else None
     _restore_into(
         admin,
