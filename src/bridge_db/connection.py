@@ -19,6 +19,9 @@ from .config import MAX_WAIT_SECONDS, Config, Environment
 from .errors import BridgeDbError, ConnectionFailed, LockTimeout, UsageError
 
 DSN_ENV_VAR = "BRIDGE_DB_DSN"
+URL_ENV_VAR = "DATABASE_URL"  # as dbmate, Rails and Heroku read it; used only without environments.toml
+# libpq's connection variables: honoured by libpq itself when no environment names a connection.
+LIBPQ_TARGET_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 ADMIN_DSN_ENV_VAR = "BRIDGE_DB_ADMIN_DSN"
 APPLICATION_NAME = "bridge-db"
 
@@ -76,8 +79,17 @@ def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Tar
     verbs ask first. The environment's sslmode is kept unless the DSN states its own.
     """
     environment = config.environment(env_name)
+    early_notes: list[str] = []
     if dsn is None:
         dsn = os.environ.get(DSN_ENV_VAR)
+    if dsn is None and os.environ.get(URL_ENV_VAR):
+        if config.builtin:
+            dsn = os.environ[URL_ENV_VAR]
+        else:
+            early_notes.append(
+                f"{URL_ENV_VAR} is set but not used: {config.path} defines environment {environment.name}; "
+                f'pass --url "${URL_ENV_VAR}" to use it'
+            )
     if dsn is not None:
         parsed = _safe_dsn_params(dsn)  # validate early, without echoing the string
         reached = _endpoint(parsed)
@@ -87,7 +99,7 @@ def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Tar
             # the strictest of them, should two environments name the same database
             matches.sort(key=lambda e: (e.policy.require_confirmation, e.policy.backup_before_migrate), reverse=True)
             owner = matches[0] if matches else None
-        notes: list[str] = []
+        notes: list[str] = list(early_notes)
         if owner is not None and owner is not environment:
             notes.append(
                 f"the DSN names environment {owner.name}'s database: {owner.name}'s policy applies, "
@@ -105,7 +117,13 @@ def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Tar
         return Target(policy_env, extra, dsn=dsn, foreign=owner is None, notes=tuple(notes))
 
     params, cluster = _own_params(config, environment)
-    return Target(environment, params, embedded=cluster)
+    ignored = [var for var in LIBPQ_TARGET_VARS if os.environ.get(var)]
+    if cluster is not None and ignored:
+        early_notes.append(
+            f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} set but not used: {environment.name} is "
+            "the embedded dev database; pass --dsn (or run outside a project, with no environments.toml) to use them"
+        )
+    return Target(environment, params, embedded=cluster, notes=tuple(early_notes))
 
 
 def _own_params(config: Config, environment: Environment) -> tuple[dict[str, object], object | None]:
