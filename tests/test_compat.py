@@ -41,10 +41,20 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(pg_major) -> Server:
+    yield from _serve(pg_major, 55700 + pg_major)
+
+
+@pytest.fixture(scope="session")
+def newest() -> Server:
+    """A second server of the newest major, for restores across versions."""
+    yield from _serve(pgbuilds.SUPPORTED_MAJORS[-1], 55800)
+
+
+def _serve(pg_major: int, port: int):
     build = pgbuilds.fetch(pg_major)
     base = Path(tempfile.mkdtemp(prefix=f"bridge-db-compat-{pg_major}-", dir="/var/tmp"))
     base.chmod(0o755)
-    cluster = EmbeddedCluster(base / "cluster", port=55700 + pg_major, bindir=build.bindir)
+    cluster = EmbeddedCluster(base / "cluster", port=port, bindir=build.bindir)
     try:
         cluster.up()
         params = cluster.connection_params()
@@ -224,6 +234,36 @@ def test_backup_and_restore_with_newer_client_tools_first_on_path(server, mdb):
         assert _restored_counts(server, restored) == (25, HEAD)
     finally:
         drop_database(server.admin_dsn, restored)
+
+
+def test_a_backup_restores_into_the_newest_major_and_not_the_other_way(server, mdb, newest):
+    """The upgrade path (dump on X, restore on the newest) works with the tools mixed on PATH; a dump
+    made by the newest pg_dump is refused for an older server with the reason, before anything runs."""
+    _migrated_with_rows(server, mdb)
+    mixed = [str(pgbuilds.fetch(m).bindir) for m in (16, 18, 14)]
+    env = {"PATH": os.pathsep.join([*mixed, os.environ.get("PATH", "")])}
+    out = run_cli("backup", "--config", str(server.config), "--env", "compat", "--dsn", mdb.dsn, "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    dump = json.loads(out.stdout)["path"]
+    target = create_database(newest.admin_dsn, with_extensions=())
+    try:
+        out = run_cli("restore", "--file", dump, "--target-db", f"{target.name}_up", "--config", str(newest.config),
+                      "--env", "compat", "--dsn", target.dsn, "--json", env=env)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert _restored_counts(newest, f"{target.name}_up") == (25, HEAD)
+    finally:
+        drop_database(newest.admin_dsn, f"{target.name}_up")
+        drop_database(newest.admin_dsn, target.name)
+    if server.major >= 17:
+        return  # 17 and later accept what the newest pg_restore sends
+    out = run_cli("backup", "--config", str(newest.config), "--env", "compat", "--dsn",
+                  newest.admin_dsn, "--json", env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    newer_dump = json.loads(out.stdout)["path"]
+    out = run_cli("restore", "--file", newer_dump, "--target-db", "from_newest", "--config", str(server.config),
+                  "--env", "compat", "--dsn", mdb.dsn, env=env)  # fmt: skip
+    assert out.returncode == 7 and "transaction_timeout" in out.stderr
+    assert mdb.query("SELECT count(*) FROM pg_database WHERE datname = 'from_newest'") == [(0,)]
 
 
 def test_connection_failure_is_exit_3(server, mdb):
