@@ -191,6 +191,18 @@ def _restored_counts(server, database: str) -> tuple[int, int]:
         conn.close()
 
 
+def _restore_and_count(server, database, dump: str, env: dict | None = None) -> None:
+    """`restore` into a new database (the default), which holds the 25 steps and the head; dropped after."""
+    out = run_cli("restore", "--file", dump, "--config", str(server.config), "--env", "compat", "--dsn",
+                  database.dsn, "--json", env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    restored = json.loads(out.stdout)["database"]
+    try:
+        assert _restored_counts(server, restored) == (25, HEAD)
+    finally:
+        drop_database(server.admin_dsn, restored)
+
+
 def test_backup_with_verify_restore_then_restore_into_a_new_database(server, mdb):
     _migrated_with_rows(server, mdb)
     out = cli(server, mdb, "backup", "--verify-restore", "--json")
@@ -200,13 +212,7 @@ def test_backup_with_verify_restore_then_restore_into_a_new_database(server, mdb
     assert manifest["verification"]["restored"] and manifest["row_counts"]["workflow_steps"] == 25
     # pg_dump of the server's own major where the machine has one (13 has no client build: the oldest newer)
     assert int(manifest["pg_dump_version"]) == (server.major if server.major != 13 else 14)
-    out = cli(server, mdb, "restore", "--file", result["path"], "--json")
-    assert out.returncode == 0, out.stderr
-    restored = json.loads(out.stdout)["database"]
-    try:
-        assert _restored_counts(server, restored) == (25, HEAD)
-    finally:
-        drop_database(server.admin_dsn, restored)
+    _restore_and_count(server, mdb, result["path"])
 
 
 def test_production_migrate_backs_up_first_and_runs_in_one_transaction(server, mdb):
@@ -223,17 +229,10 @@ def test_backup_and_restore_with_newer_client_tools_first_on_path(server, mdb):
     _migrated_with_rows(server, mdb)
     newest_first = [str(pgbuilds.fetch(m).bindir) for m in (18, 17, 16)]
     env = {"PATH": os.pathsep.join([*newest_first, os.environ.get("PATH", "")])}
-    base = ("--config", str(server.config), "--env", "compat", "--dsn", mdb.dsn, "--json")
-    out = run_cli("backup", *base, env=env)
+    out = run_cli("backup", "--config", str(server.config), "--env", "compat", "--dsn", mdb.dsn, "--json", env=env)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    out = run_cli("restore", "--file", result["path"], *base, env=env)
-    assert out.returncode == 0, out.stderr
-    restored = json.loads(out.stdout)["database"]
-    try:
-        assert _restored_counts(server, restored) == (25, HEAD)
-    finally:
-        drop_database(server.admin_dsn, restored)
+    _restore_and_count(server, mdb, result["path"], env)
 
 
 def test_a_backup_restores_into_the_newest_major_and_not_the_other_way(server, mdb, newest):
