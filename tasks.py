@@ -263,17 +263,22 @@ MIGRATE_PLAYBOOK = {"production": "prod_migrate"}
 
 
 @task(
+    iterable=["extra"],
     help={
         "env": "inventory under inventories/ (dev, staging, production)",
         "playbook": "playbook under playbooks/ without .yml (default: the environment's migrate playbook)",
         "check": "ansible-playbook --check: report what would change",
         "diff": "show the pending SQL / statements",
-        "confirm": "production: sets bridge_confirm_production=true (prod_migrate.yml refuses without it)",
+        "confirm": "sets bridge_confirm=true: what the environment's policy asks about (production migrate, "
+        "rollback, restore --overwrite)",
         "limit": "only these hosts (ansible-playbook --limit)",
-    }
+        "extra": "an extra variable KEY=VALUE (or @FILE) for ansible-playbook -e; repeat for more, e.g. "
+        "--extra bridge_rollback_steps=1 (never a password: it would be on the command line)",
+    },
 )
-def deploy(c, env="dev", playbook=None, check=False, diff=False, confirm=False, limit=None):
-    """Run a playbook for an environment: invoke deploy --env staging [--playbook setup] [--check]."""
+def deploy(c, env="dev", playbook=None, check=False, diff=False, confirm=False, limit=None, extra=None):
+    """Run a playbook for an environment: invoke deploy --env staging [--playbook setup] [--check]
+    [--extra KEY=VALUE ...]."""
     import shlex
 
     inventory = ROOT / "inventories" / env
@@ -285,9 +290,17 @@ def deploy(c, env="dev", playbook=None, check=False, diff=False, confirm=False, 
             "playbooks: see playbooks/",
             code=2,
         )
+    for value in extra or []:
+        if "=" not in value and not value.startswith(("@", "{")):
+            raise Exit(
+                f"error: --extra {value!r} is not KEY=VALUE\n  next: e.g. --extra bridge_rollback_steps=1",
+                code=2,
+            )
     cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(book)]
     cmd += ["--check"] * check + ["--diff"] * diff + (["--limit", limit] if limit else [])
-    cmd += ["-e", "bridge_confirm_production=true"] if confirm else []
+    cmd += ["-e", "bridge_confirm=true"] if confirm else []
+    for value in extra or []:
+        cmd += ["-e", value]
     result = c.run(shlex.join(cmd), pty=False, warn=True, env={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")})
     if result.exited:
         raise Exit(code=result.exited)

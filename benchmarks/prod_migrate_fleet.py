@@ -58,7 +58,7 @@ def run_playbook(inventory: Path, group_vars: Path) -> float:
             "-e",
             f"@{group_vars}",
             "-e",
-            "bridge_confirm_production=true",
+            "bridge_confirm=true",
             str(ROOT / "playbooks" / "prod_migrate.yml"),
         ],
         check=True,

@@ -8,6 +8,7 @@ description:
   - Reads environments.toml through the bridge_db engine's own loader and adds one host per listed
     environment, in I(group), with its connection and policy as host variables. Database work runs
     from the control node, so hosts use the local connection unless the inventory says otherwise.
+  - Every host is also in group C(bridge_db), the group every playbook of the project targets.
 options:
   plugin:
     description: Must be omninode.bridge.environments.
@@ -69,6 +70,8 @@ class InventoryModule(BaseInventoryPlugin):
             raise AnsibleParserError(f"{exc.message} ({exc.next_step})") from None
         wanted = self.get_option("environments") or list(config.environments)
         group = self.inventory.add_group(self.get_option("group"))
+        if group != "bridge_db":  # bridge_db: the group every playbook targets, whatever the environment
+            self.inventory.add_child(self.inventory.add_group("bridge_db"), group)
         for name in wanted:
             if name not in config.environments:
                 known = ", ".join(config.environments)
