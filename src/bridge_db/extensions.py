@@ -101,7 +101,7 @@ def setup_extensions(admin: Target, names: tuple[str, ...] | list[str], check: b
                 f"{name} is not in shared_preload_libraries, so its statistics stay empty: set "
                 f"shared_preload_libraries = '{name}' in postgresql.conf (or ALTER SYSTEM SET "
                 f"shared_preload_libraries = '{name}') and restart the server; the Ansible role "
-                "postgresql_extensions does this on hosts it manages"
+                "bridge_extensions does this on hosts it manages"
             )
     return report
 
