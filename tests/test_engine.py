@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge_db import engine
+from bridge_db import engine, inspection
 from bridge_db.discovery import discover_migrations
 from bridge_db.errors import MigrationFailed, PrerequisiteMissing, UsageError, ValidationFailed
 
@@ -206,7 +206,7 @@ def test_migration_005_needs_no_extension(bare_db, migrations):
 
 def test_status_reports_applied_pending_and_timestamps(db, migrations):
     engine.migrate(db.target(), migrations, to_version=4)
-    report = engine.status(db.target(), migrations)
+    report = inspection.status(db.target(), migrations)
     assert [(m.version, m.applied) for m in report.migrations] == [(v, v <= 4) for v in SHIPPED]
     assert report.head == 4 and report.pending == HEAD - 4 and report.problems == []
     assert all(m.applied_at for m in report.migrations[:4])
@@ -215,11 +215,11 @@ def test_status_reports_applied_pending_and_timestamps(db, migrations):
 
 def test_verify_finds_a_dropped_index_and_column(db, migrations):
     engine.migrate(db.target(), migrations)
-    report = engine.verify(db.target(), migrations)
+    report = inspection.verify(db.target(), migrations)
     assert report.ok and report.checked_objects > 80
     db.query("DROP INDEX idx_workflow_steps_status")
     db.query("ALTER TABLE node_registrations DROP COLUMN endpoints")
-    report = engine.verify(db.target(), migrations)
+    report = inspection.verify(db.target(), migrations)
     assert not report.ok
     assert any("idx_workflow_steps_status" in p for p in report.problems)
     assert any("node_registrations.endpoints" in p for p in report.problems)
@@ -256,5 +256,5 @@ def test_verify_follows_renames_of_tables_columns_and_indexes(db, migrations_cop
     )
     migrations = discover_migrations(migrations_copy)
     engine.migrate(db.target(), migrations)
-    report = engine.verify(db.target(), migrations)
+    report = inspection.verify(db.target(), migrations)
     assert report.ok, report.problems

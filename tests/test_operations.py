@@ -8,7 +8,7 @@ import uuid
 import psycopg2
 import pytest
 
-from bridge_db import engine
+from bridge_db import engine, inspection
 from bridge_db.discovery import discover_migrations
 from bridge_db.errors import PrerequisiteMissing, UsageError
 from bridge_db.extensions import setup_extensions
@@ -215,7 +215,7 @@ def test_the_migration_user_needs_no_superuser(db, migrations):
         assert engine.migrate(target, migrations).head_after == HEAD
         assert db.query("SELECT DISTINCT applied_by FROM schema_migrations") == [(migrator,)]
         assert db.query("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (migrator,)) == [(False,)]
-        assert engine.verify(target, migrations).ok
+        assert inspection.verify(target, migrations).ok
         assert engine.rollback(target, migrations, to_version=0).head_after is None
     finally:
         db.query(f"DROP OWNED BY {migrator}")
