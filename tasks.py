@@ -46,7 +46,7 @@ def verb_task(verb: str, name: str | None = None, doc: str | None = None, **fixe
         default = inspect.Parameter.empty if o.required else (False if o.kind == "flag" else None)
         params.append(inspect.Parameter(o.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
 
-    def body(c, **given):
+    def body(_c, **given):
         from bridge_db.cli import execute
 
         values = {o.name: _typed(o, given.get(o.name)) for o in options}

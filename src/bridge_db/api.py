@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from .connection import Target
     from .discovery import Migration
     from .embedded import ClusterStatus
-    from .engine import Progress, RunResult, StatusReport, VerifyReport
+    from .engine import Progress, RunResult
     from .extensions import ExtensionReport
+    from .inspection import StatusReport, VerifyReport
     from .lint import Finding
     from .monitoring import StatsReport
     from .pgbuilds import Build
@@ -124,7 +125,7 @@ class Bridge:
     ) -> None:
         self._env, self.dsn, self._config_path = env, dsn, config
         self._migrations_dir, self._backup_dir = migrations_dir, backup_dir
-        self.warn = warn or (lambda message: None)
+        self.warn = warn or (lambda _message: None)
         self.note = note or self.warn
 
     @cached_property
@@ -353,7 +354,7 @@ class Bridge:
         target = self.target
         return restore_backup(
             target, self.admin(admin_dsn), Path(file), target_db=target_db, overwrite=overwrite,
-            confirm=confirm or (lambda question: False), jobs=jobs,
+            confirm=confirm or (lambda _question: False), jobs=jobs,
         )  # fmt: skip
 
     # ----------------------------------------------------------------------- the embedded cluster

@@ -28,7 +28,7 @@ from .output import hide_connection_strings, redacting, run_log, secrets_in
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # type: ignore[override]  # argparse exits 2; keep our cause + next step
+    def error(self, message: str):  # argparse exits 2 itself; keep our one-line cause + next step
         raise UsageError(message, f"see `{self.prog} --help`")
 
 
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- main
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
     raise Terminated()
 
 

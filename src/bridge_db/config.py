@@ -9,6 +9,7 @@ import string
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from .errors import UsageError
 
@@ -246,7 +247,7 @@ def _check_backup_dir(where: str, value: str) -> None:
         )
 
 
-def _typed(path: Path, env: str, key: str, value: object, default: object = None) -> object:
+def _typed(path: Path, env: str, key: str, value: Any, default: object = None) -> Any:
     """Check `value` against the type of the key's default; role names and choices too."""
     default = POLICY_DEFAULTS.get(key, default)
     where = f"{path}: [environments.{env}] {key}"

@@ -433,12 +433,12 @@ def _run_without_transaction(state: RunState, migration: Migration, index: int) 
     for number, statement in enumerate(sql_file.statements):
         if number <= resume_after:
             continue
-        _with_lock_retries(target, migration, lambda s=statement: _run_alone(state, cur, attempt, s), state.progress)
+        _with_lock_retries(target, migration, partial(_run_alone, state, cur, attempt, statement), state.progress)
         _write_history(
             conn,
             target,
             migration,
-            lambda n=number: record_progress(cur, migration.version, direction, sql_file.checksum, n),
+            partial(record_progress, cur, migration.version, direction, sql_file.checksum, number),
             transactional=False,
         )
     elapsed = _ms_since(attempt.t0)
@@ -585,16 +585,18 @@ def _run_step(state: RunState, cur, migration: Migration) -> StepResult:
             conn,
             target,
             migration,
-            lambda: (
-                _fresh_session(cur, target, timeouts="transaction"),
-                _record_done(state, cur, attempt, elapsed),
-            ),
+            partial(_record_in_engine_session, state, cur, attempt, elapsed),
         )
     except BaseException:
         _rollback_quietly(conn)
         raise
     skipped = sum(1 for n in conn.notices[notices_before:] if "already exists, skipping" in n)
     return StepResult(state.direction, migration.version, migration.name, attempt.sql_file.path.name, elapsed, skipped)
+
+
+def _record_in_engine_session(state: RunState, cur, attempt: Attempt, elapsed: int) -> None:
+    _fresh_session(cur, state.target, timeouts="transaction")
+    _record_done(state, cur, attempt, elapsed)
 
 
 def _record_done(state: RunState, cur, attempt: Attempt, elapsed: int) -> None:
@@ -937,7 +939,7 @@ def _become_owner(cur, target: Target) -> None:
         ) from None
 
 
-def _raise_on_problems(problems: list[str]) -> None:
+def _raise_on_problems(problems: list[Problem]) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more problem(s); `status` lists them)" if len(problems) > 1 else ""
         first = problems[0]

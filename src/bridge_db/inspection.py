@@ -167,15 +167,7 @@ def declared_objects(applied: list[Migration]) -> dict:
         for raw in migration.forward.parse_tree():
             stmt = raw.stmt
             if isinstance(stmt, ast.CreateStmt):
-                cols = {e.colname for e in (stmt.tableElts or ()) if isinstance(e, ast.ColumnDef)}
-                if (
-                    stmt.inhRelations
-                    or stmt.partbound
-                    or stmt.ofTypename
-                    or any(isinstance(e, ast.TableLikeClause) for e in (stmt.tableElts or ()))
-                ):
-                    cols.add(ANY_COLUMNS)  # PARTITION OF, INHERITS, OF type, LIKE: columns come from elsewhere
-                tables.setdefault(_qualified(stmt.relation), set()).update(cols)
+                tables.setdefault(_qualified(stmt.relation), set()).update(_declared_columns(stmt))
             elif isinstance(stmt, ast.IndexStmt) and stmt.idxname:
                 schema = stmt.relation.schemaname
                 indexes[f"{schema}.{stmt.idxname}" if schema else stmt.idxname] = migration.forward.path.name
@@ -187,14 +179,7 @@ def declared_objects(applied: list[Migration]) -> dict:
                     elif cmd.subtype == enums.AlterTableType.AT_DropColumn:
                         table.discard(cmd.name)
             elif isinstance(stmt, ast.RenameStmt) and stmt.relation is not None:
-                old = _qualified(stmt.relation)
-                if stmt.renameType == enums.ObjectType.OBJECT_TABLE and old in tables:
-                    tables[stmt.newname] = tables.pop(old)
-                elif stmt.renameType == enums.ObjectType.OBJECT_INDEX and old in indexes:
-                    indexes[stmt.newname] = indexes.pop(old)
-                elif stmt.renameType == enums.ObjectType.OBJECT_COLUMN and old in tables:
-                    tables[old].discard(stmt.subname)
-                    tables[old].add(stmt.newname)
+                _rename(stmt, tables, indexes)
             elif isinstance(stmt, ast.DropStmt):
                 for obj in stmt.objects or ():
                     name = ".".join(n.sval for n in obj) if isinstance(obj, tuple) else None
@@ -203,6 +188,36 @@ def declared_objects(applied: list[Migration]) -> dict:
                     elif stmt.removeType == enums.ObjectType.OBJECT_INDEX and name:
                         indexes.pop(name, None)
     return {"tables": tables, "indexes": indexes}
+
+
+def _declared_columns(stmt) -> set[str]:
+    """A CREATE TABLE's columns; ANY_COLUMNS where they come from elsewhere (PARTITION OF, INHERITS, OF
+    type, LIKE)."""
+    from pglast import ast
+
+    cols = {e.colname for e in (stmt.tableElts or ()) if isinstance(e, ast.ColumnDef)}
+    if (
+        stmt.inhRelations
+        or stmt.partbound
+        or stmt.ofTypename
+        or any(isinstance(e, ast.TableLikeClause) for e in (stmt.tableElts or ()))
+    ):
+        cols.add(ANY_COLUMNS)
+    return cols
+
+
+def _rename(stmt, tables: dict[str, set[str]], indexes: dict[str, str]) -> None:
+    """ALTER TABLE/INDEX ... RENAME, followed in what the files declare."""
+    from pglast import enums
+
+    old = _qualified(stmt.relation)
+    if stmt.renameType == enums.ObjectType.OBJECT_TABLE and old in tables:
+        tables[stmt.newname] = tables.pop(old)
+    elif stmt.renameType == enums.ObjectType.OBJECT_INDEX and old in indexes:
+        indexes[stmt.newname] = indexes.pop(old)
+    elif stmt.renameType == enums.ObjectType.OBJECT_COLUMN and old in tables:
+        tables[old].discard(stmt.subname)
+        tables[old].add(stmt.newname)
 
 
 def _qualified(relation) -> str:

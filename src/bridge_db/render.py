@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .engine import Direction
+from .engine import Direction, Progress
 
 if TYPE_CHECKING:
     from .api import BackupListing, LintResult, NewMigration, PreloadedExtensions, PruneResult, ToolsReport
@@ -298,7 +298,7 @@ def tools(report: ToolsReport) -> None:
 # --------------------------------------------------------------------------- progress
 
 
-class HumanProgress:
+class HumanProgress(Progress):
     """Each migration's name as it starts and its time when it ends; on a terminal, a ticking clock."""
 
     def __init__(self, stream: IO[str] | None = None) -> None:

@@ -96,7 +96,7 @@ def main():
         p = module.params
         facade = bridge(module)
         common = dict(dry_run=module.check_mode, single_transaction=p["single_transaction"],
-                      lock_wait=p["lock_wait"], confirm=lambda question: p["confirm"])
+                      lock_wait=p["lock_wait"], confirm=lambda _question: p["confirm"])
         if p["state"] == "migrated":
             result = facade.migrate(p["to"], **common)
         else:

@@ -93,7 +93,7 @@ def main():
             # resolving the target fails on an unknown environment in check mode too
             return dict(changed=True, database=p["target_db"], target=facade.target.label)
         result = facade.restore(p["file"], target_db=p["target_db"], overwrite=p["overwrite"], jobs=p["jobs"],
-                                confirm=lambda question: p["confirm"], admin_dsn=p["admin_dsn"])
+                                confirm=lambda _question: p["confirm"], admin_dsn=p["admin_dsn"])
         return dict(changed=True, target=facade.target.label, **result.as_dict())
 
     module.exit_json(**run(module, body))
