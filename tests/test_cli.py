@@ -173,33 +173,6 @@ def test_invoke_tasks_share_the_cli_behaviour(db):
     assert out.returncode == 9
 
 
-def test_every_invoke_task_has_help():
-    listing = _invoke("--list").stdout
-    for name in (
-        "migrate",
-        "rollback",
-        "status",
-        "verify",
-        "new",
-        "reset",
-        "db.up",
-        "db.down",
-        "db.status",
-        "test",
-        "lint",
-        "setup-extensions",
-        "grant",
-        "stats",
-        "backup",
-        "backups",
-        "prune",
-        "restore",
-    ):
-        assert name in listing
-        assert _invoke("--help", name).returncode == 0
-    assert "--env" in _invoke("--help", "migrate").stdout
-
-
 def _pg_env(db) -> dict:
     params = psycopg2.extensions.parse_dsn(db.dsn)
     return {

@@ -198,10 +198,17 @@ def test_missing_extension_is_detected_before_any_ddl(bare_db, migrations):
 
 
 def test_migration_005_needs_no_extension(bare_db, migrations):
-    """Only files that declare the extension need it: 005 and 007 call no uuid function."""
+    """Only files that declare the extension need it: 005 runs on a database without uuid-ossp."""
     assert migrations[4].required_extensions == []
     for m in migrations:
         assert m.required_extensions == (["uuid-ossp"] if "uuid_generate_v4" in m.forward.text else [])
+    bare_db.query('CREATE EXTENSION "uuid-ossp"')  # 001..004 need it
+    assert engine.migrate(bare_db.target(), migrations, to_version=4).head_after == 4
+    bare_db.query('DROP EXTENSION "uuid-ossp" CASCADE')  # and the column defaults that call it
+    assert bare_db.query("SELECT count(*) FROM pg_extension WHERE extname = 'uuid-ossp'") == [(0,)]
+    result = engine.migrate(bare_db.target(), migrations, to_version=5)
+    assert [s.version for s in result.steps] == [5] and result.head_after == 5
+    assert bare_db.query("SELECT count(*) FROM pg_extension WHERE extname = 'uuid-ossp'") == [(0,)]
 
 
 def test_status_reports_applied_pending_and_timestamps(db, migrations):
