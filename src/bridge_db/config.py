@@ -186,6 +186,12 @@ def parse_config(data: dict, path: Path) -> Config:
         if not isinstance(settings, dict):
             raise UsageError(f"{path}: [environments.{name}] must be a table", "see README: Environments")
         _check_keys(path, f"environments.{name}", settings)
+        if "migrations_dir" in settings:  # one history, one folder: it was silently ignored here before
+            raise UsageError(
+                f"{path}: [environments.{name}] sets migrations_dir, which only [defaults] can set "
+                "(every environment applies the same migrations)",
+                "move migrations_dir to [defaults], or pass --migrations-dir",
+            )
         merged = {**POLICY_DEFAULTS, "connect_timeout": 10, **defaults, **settings}
         connection = {k: _connection_value(path, name, k, merged[k]) for k in CONNECTION_KEYS if k in merged}
         if "database" not in connection and "service" not in connection:
