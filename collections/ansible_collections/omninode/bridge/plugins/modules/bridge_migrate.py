@@ -112,7 +112,7 @@ def main():
         )
         if module._diff and result.steps:
             sql = "\n".join(f"-- {s.file}\n{s.sql or ''}" for s in result.steps) if module.check_mode else ""
-            name = facade.env
+            name = facade.target.environment.name  # whose policy applied
             output["diff"] = dict(
                 before=f"head: {result.head_before}\n",
                 after=f"head: {result.head_after}\n" + (f"\n{sql}" if sql else ""),
