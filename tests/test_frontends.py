@@ -191,3 +191,18 @@ def test_the_connection_and_config_variables_are_honoured_everywhere(db, tmp_pat
     result = _ansible("bridge_migrate", f"project_dir={ROOT}", env=env)
     assert not result["failed"], result
     assert result["target"] == cli
+
+
+def test_no_front_end_assembles_the_context_itself():
+    """Config, target, migrations and folders are the facade's (bridge_db.api) to resolve."""
+    plugins = ROOT / "collections" / "ansible_collections" / "omninode" / "bridge" / "plugins"
+    front_ends = [ROOT / "src" / "bridge_db" / "cli.py", ROOT / "tasks.py", *plugins.glob("*/*.py")]
+    for path in front_ends:
+        text = path.read_text()
+        for name in ("load_config", "resolve_target", "discover_migrations", "admin_target", "backup_folder("):
+            assert name not in text, f"{path.relative_to(ROOT)} uses {name}"
+
+
+def test_backups_with_a_folder_still_resolves_the_environment(tmp_path):
+    out = run_cli("backups", "--env", "nope", "--backup-dir", str(tmp_path))
+    assert out.returncode == 2 and "unknown environment 'nope'" in out.stderr

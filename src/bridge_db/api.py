@@ -325,6 +325,7 @@ class Bridge:
     def backups(self) -> BackupListing:
         from .backup import list_backups
 
+        self.target  # noqa: B018  # resolved first, as for every verb: an unknown environment is exit 2
         folder = self.backup_folder
         return BackupListing(folder, list_backups(folder))
 
