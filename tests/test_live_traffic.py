@@ -9,7 +9,7 @@ import uuid
 import psycopg2
 import pytest
 
-from bridge_db import engine
+from bridge_db import engine, inspection
 from bridge_db.discovery import discover_migrations
 from bridge_db.errors import MigrationFailed, ValidationFailed
 
@@ -138,7 +138,7 @@ def test_create_index_concurrently_runs_outside_a_transaction(db, migrations_cop
     assert db.query(
         "SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx_node_registrations_node_version'::regclass"
     ) == [(True,)]
-    assert engine.verify(db.target(), migrations).ok
+    assert inspection.verify(db.target(), migrations).ok
     engine.rollback(db.target(), migrations)
     assert db.query("SELECT to_regclass('idx_node_registrations_node_version')") == [(None,)]
     assert db.query("SELECT max(version) FROM schema_migrations") == [(6,)]

@@ -8,14 +8,14 @@ import uuid
 import psycopg2
 import pytest
 
-from bridge_db import engine
+from bridge_db import engine, inspection
 from bridge_db.discovery import discover_migrations
 from bridge_db.errors import PrerequisiteMissing, UsageError
 from bridge_db.extensions import setup_extensions
 from bridge_db.monitoring import collect_stats
 from bridge_db.privileges import declared_roles, reconcile_privileges
 
-from conftest import HEAD, make_target, run_cli
+from conftest import HEAD, create_database, make_target, run_cli
 
 
 def test_setup_extensions_is_idempotent_and_check_changes_nothing(bare_db):
@@ -29,16 +29,22 @@ def test_setup_extensions_is_idempotent_and_check_changes_nothing(bare_db):
     assert report.created == [] and report.present == ["uuid-ossp", "pg_stat_statements"]
 
 
-def test_setup_extensions_reports_a_missing_preload(bare_db):
-    preloaded = bare_db.query("SELECT current_setting('shared_preload_libraries')")[0][0]
-    out = run_cli("setup-extensions", "--dsn", bare_db.dsn, "--json")
+def test_setup_extensions_reports_a_missing_preload(plain_server):
+    bare = create_database(plain_server, with_extensions=())
+    out = run_cli("setup-extensions", "--dsn", bare.dsn, "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    if "pg_stat_statements" in preloaded:
-        assert report["not_preloaded"] == []
-    else:
-        assert report["not_preloaded"] == ["pg_stat_statements"]
-        assert "shared_preload_libraries" in report["hints"][0]
+    assert report["created"] == ["uuid-ossp", "pg_stat_statements"]
+    assert report["not_preloaded"] == ["pg_stat_statements"]
+    assert "shared_preload_libraries" in report["hints"][0]
+
+
+def test_setup_extensions_on_a_preloading_server_reports_nothing_missing(preloading_server):
+    bare = create_database(preloading_server, with_extensions=())
+    out = run_cli("setup-extensions", "--dsn", bare.dsn, "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["not_preloaded"] == [] and report["hints"] == []
 
 
 def test_unknown_extension_is_a_prerequisite_error_and_creates_nothing(bare_db):
@@ -190,17 +196,18 @@ def test_stats_tables_indexes_and_queries(db, migrations):
     assert out.returncode == 0 and json.loads(out.stdout)["tables"]
 
 
-def test_stats_with_pg_stat_statements_on_the_embedded_cluster_style_server(db, migrations):
+def test_stats_without_the_preload_says_so(plain_server):
+    db = create_database(plain_server, with_extensions=("uuid-ossp", "pg_stat_statements"))
+    report = collect_stats(db.target())
+    assert report.queries is None and "shared_preload_libraries" in report.notes[0]
+
+
+def test_stats_with_pg_stat_statements_on_the_embedded_cluster_style_server(preloading_server, migrations):
     """With the extension installed the seed's query works, with the column names this server has."""
-    if "pg_stat_statements" not in db.query("SELECT current_setting('shared_preload_libraries')")[0][0]:
-        db.query('CREATE EXTENSION IF NOT EXISTS "pg_stat_statements"')
-        report = collect_stats(db.target())
-        assert report.queries is None and "shared_preload_libraries" in report.notes[0]
-        return
-    db.query('CREATE EXTENSION IF NOT EXISTS "pg_stat_statements"')
+    db = create_database(preloading_server, with_extensions=("uuid-ossp", "pg_stat_statements"))
     engine.migrate(db.target(), migrations)
     report = collect_stats(db.target(), top=5)
-    assert report.queries is not None and len(report.queries) <= 5
+    assert report.queries is not None and 0 < len(report.queries) <= 5
     assert {"query", "calls", "mean_ms", "max_ms", "total_ms"} <= set(report.queries[0])
 
 
@@ -215,7 +222,7 @@ def test_the_migration_user_needs_no_superuser(db, migrations):
         assert engine.migrate(target, migrations).head_after == HEAD
         assert db.query("SELECT DISTINCT applied_by FROM schema_migrations") == [(migrator,)]
         assert db.query("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (migrator,)) == [(False,)]
-        assert engine.verify(target, migrations).ok
+        assert inspection.verify(target, migrations).ok
         assert engine.rollback(target, migrations, to_version=0).head_after is None
     finally:
         db.query(f"DROP OWNED BY {migrator}")

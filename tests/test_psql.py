@@ -8,7 +8,7 @@ import subprocess
 import psycopg2.extensions
 import pytest
 
-from bridge_db import engine
+from bridge_db import engine, inspection
 from bridge_db.discovery import discover_migrations
 
 from catalog import bridge_tables, snapshot
@@ -136,5 +136,5 @@ def test_a_database_built_by_the_psql_loop_is_adopted(db, migrations):
     assert [s.version for s in result.steps] == SHIPPED
     assert all(s.already_existed > 0 for s in result.steps)  # every table was found, none rebuilt
     assert _snap(db) == before
-    assert engine.verify(db.target(), migrations).ok
-    assert engine.status(db.target(), migrations).pending == 0
+    assert inspection.verify(db.target(), migrations).ok
+    assert inspection.status(db.target(), migrations).pending == 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge_db import engine
+from bridge_db import engine, inspection
 from bridge_db.discovery import discover_migrations
 
 
@@ -27,9 +27,9 @@ def test_verify_still_compares_a_table_that_a_later_migration_renamed(db, migrat
         "ALTER TABLE state_transitions RENAME TO fsm_transitions;\n",
     )
     engine.migrate(db.target(), migrations)
-    assert engine.verify(db.target(), migrations).ok
+    assert inspection.verify(db.target(), migrations).ok
     db.query("ALTER TABLE state_transitions DROP COLUMN transition_data")
-    report = engine.verify(db.target(), migrations)
+    report = inspection.verify(db.target(), migrations)
     assert not report.ok
     assert any("transition_data" in p for p in report.problems), report.problems
 
@@ -47,7 +47,7 @@ def test_verify_never_moves_a_live_sequence(db, migrations_copy):
     engine.migrate(db.target(), migrations)
     for _ in range(5):
         db.query("INSERT INTO review_counter DEFAULT VALUES")
-    engine.verify(db.target(), migrations)
+    inspection.verify(db.target(), migrations)
     assert db.query("SELECT last_value FROM review_counter_id_seq") == [(1005,)]
     db.query("INSERT INTO review_counter DEFAULT VALUES")  # no duplicate key
 
@@ -62,10 +62,10 @@ def test_verify_does_not_run_a_do_block_against_live_tables(db, migrations_copy)
         "ALTER TABLE workflow_steps DROP COLUMN IF EXISTS note;\n",
     )
     engine.migrate(db.target(), migrations)
-    report = engine.verify(db.target(), migrations)
+    report = inspection.verify(db.target(), migrations)
     assert report.ok, report.problems
     db.query("ALTER TABLE workflow_steps DROP COLUMN note")
-    report = engine.verify(db.target(), migrations)
+    report = inspection.verify(db.target(), migrations)
     # names only cannot see inside the DO block, but verify must not claim it compared definitions
     assert not report.ok or report.compared == "names"
 
@@ -85,7 +85,7 @@ def test_verify_after_an_idempotent_do_block_reports_no_false_difference(db, mig
         "ALTER TABLE node_registrations DROP COLUMN IF EXISTS zone;\n",
     )
     engine.migrate(db.target(), migrations)
-    report = engine.verify(db.target(), migrations)
+    report = inspection.verify(db.target(), migrations)
     assert report.ok, report.problems
 
 
@@ -99,7 +99,7 @@ def test_verify_with_a_schema_qualified_create_table_returns_a_report(db, migrat
         "DROP TABLE IF EXISTS public.review_extra;\n",
     )
     engine.migrate(db.target(), migrations)
-    report = engine.verify(db.target(), migrations)
+    report = inspection.verify(db.target(), migrations)
     assert report.ok, report.problems
 
 
@@ -112,9 +112,9 @@ def test_verify_reports_a_missing_table_created_after_set_search_path(db, migrat
         "DROP TABLE IF EXISTS review_extra2;\n",
     )
     engine.migrate(db.target(), migrations)
-    assert engine.verify(db.target(), migrations).ok
+    assert inspection.verify(db.target(), migrations).ok
     db.query("DROP TABLE review_extra2")
-    report = engine.verify(db.target(), migrations)
+    report = inspection.verify(db.target(), migrations)
     assert not report.ok
     assert any("review_extra2" in p for p in report.problems), report.problems
 
@@ -138,7 +138,7 @@ def test_verify_replay_does_not_drop_a_live_index_the_files_did_not_create(db, m
     with reader.cursor() as cur:
         cur.execute("SELECT count(*) FROM workflow_steps")
     try:
-        report = engine.verify(db.target(), migrations)
+        report = inspection.verify(db.target(), migrations)
     finally:
         reader.rollback()
         reader.close()
@@ -155,10 +155,10 @@ def test_verify_sees_a_lost_identity_and_a_changed_collation(db, migrations_copy
         "DROP TABLE IF EXISTS review_ids;\n",
     )
     engine.migrate(db.target(), migrations)
-    assert engine.verify(db.target(), migrations).ok
+    assert inspection.verify(db.target(), migrations).ok
     db.query("ALTER TABLE review_ids ALTER COLUMN id DROP IDENTITY")
     db.query('ALTER TABLE node_registrations ALTER COLUMN node_type TYPE varchar(100) COLLATE "C"')
-    problems = engine.verify(db.target(), migrations).problems
+    problems = inspection.verify(db.target(), migrations).problems
     assert any("review_ids.id" in p and "IDENTITY" in p for p in problems), problems
     assert any("node_registrations.node_type" in p and "COLLATE" in p for p in problems), problems
 
@@ -178,7 +178,7 @@ def test_the_adoption_script_leaves_a_project_built_database_indexes_alone(db, m
     before = db.query(files)
     db.psql("-1", "-f", str(ROOT / "scripts" / "adopt_application_v1.sql"))
     assert db.query(files) == before
-    assert engine.verify(db.target(), migrations).ok
+    assert inspection.verify(db.target(), migrations).ok
 
 
 def test_verify_compares_a_table_whose_name_needs_quotes(db, migrations_copy):
@@ -190,10 +190,10 @@ def test_verify_compares_a_table_whose_name_needs_quotes(db, migrations_copy):
         'DROP TABLE IF EXISTS "AuditLog";\n',
     )
     engine.migrate(db.target(), migrations)
-    report = engine.verify(db.target(), migrations)
+    report = inspection.verify(db.target(), migrations)
     assert report.ok and report.compared == "definitions", (report.problems, report.note)
     db.query('ALTER TABLE "AuditLog" ALTER COLUMN "Note" DROP NOT NULL')
-    report = engine.verify(db.target(), migrations)
+    report = inspection.verify(db.target(), migrations)
     assert any("AuditLog.Note" in p for p in report.problems), report.problems
 
 
@@ -219,7 +219,7 @@ def test_verify_reports_an_index_left_invalid_by_a_failed_concurrent_rebuild(db,
     )
     with pytest.raises(psycopg2.errors.UniqueViolation):
         db.query("CREATE UNIQUE INDEX CONCURRENTLY uq_review_step_name ON workflow_steps (step_name)")
-    report = engine.verify(db.target(), migrations)
+    report = inspection.verify(db.target(), migrations)
     assert any("uq_review_step_name" in p and "INVALID" in p for p in report.problems), report.problems
 
 
@@ -268,7 +268,7 @@ def test_verify_compares_definitions_when_extensions_live_in_their_own_schema(ba
     bare_db.query('CREATE SCHEMA extensions; CREATE EXTENSION "uuid-ossp" SCHEMA extensions')
     bare_db.query(f'ALTER DATABASE {bare_db.name} SET search_path = "$user", public, extensions')
     engine.migrate(bare_db.target(), migrations)
-    report = engine.verify(bare_db.target(), migrations)
+    report = inspection.verify(bare_db.target(), migrations)
     assert report.ok and report.compared == "definitions", (report.problems, report.note)
 
 
@@ -321,5 +321,5 @@ def test_a_database_that_also_ran_the_applications_012_reaches_a_clean_verify(db
     engine.migrate(db.target(), migrations, to_version=6)
     db.psql("-1", "-f", str(ROOT / "scripts" / "adopt_application_v1.sql"))
     engine.migrate(db.target(), migrations)
-    report = engine.verify(db.target(), migrations)
+    report = inspection.verify(db.target(), migrations)
     assert report.ok, report.problems

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bridge_db import engine
+from bridge_db import engine, inspection
 from bridge_db.discovery import discover_migrations, normalised_checksum
 from bridge_db.errors import ValidationFailed
 
@@ -97,7 +97,7 @@ def test_crlf_checkout_is_not_a_modified_migration(migrations_copy, db):
     for path in migrations_copy.glob("*.sql"):
         path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
     crlf = discover_migrations(migrations_copy)
-    assert engine.status(db.target(), crlf).problems == []
+    assert inspection.status(db.target(), crlf).problems == []
     assert engine.migrate(db.target(), crlf).steps == []
 
 
@@ -117,7 +117,7 @@ def test_edited_applied_migration_is_refused_with_both_checksums(migrations_copy
     with pytest.raises(ValidationFailed):
         engine.rollback(db.target(), edited)
 
-    status = engine.status(db.target(), edited)
+    status = inspection.status(db.target(), edited)
     assert [m.state for m in status.migrations][2] == "modified"
     out = run_cli("status", "--dsn", db.dsn, "--migrations-dir", str(migrations_copy), "--json")
     assert out.returncode == 5
@@ -130,8 +130,8 @@ def test_deleted_applied_migration_is_refused(migrations_copy, db):
     remaining = discover_migrations(migrations_copy)
     with pytest.raises(ValidationFailed, match="applied migration 006 .create_metadata_stamps. has no file"):
         engine.migrate(db.target(), remaining)
-    assert engine.status(db.target(), remaining).migrations[-1].state == "missing"
-    assert not engine.verify(db.target(), remaining).ok
+    assert inspection.status(db.target(), remaining).migrations[-1].state == "missing"
+    assert not inspection.verify(db.target(), remaining).ok
 
 
 def test_out_of_order_history_is_refused(db, migrations):

@@ -534,6 +534,7 @@ def plan_retention(
     weeks_seen: set = set()
     for entry in good:  # newest first
         when = _finished(entry)
+        assert when is not None  # `good` holds only entries with a trusted manifest
         day, week = when.date(), when.isocalendar()[:2]
         if now - when < timedelta(days=keep_daily) and day not in days_seen:
             days_seen.add(day)
@@ -664,7 +665,8 @@ def restore_backup(
     staging = _database_name(dest, f"_incoming_{uuid.uuid4().hex[:8]}") if replacing else dest
     made_by = manifest.pg_dump_version if str(manifest.pg_dump_version).isdigit() else None
     pg_restore = pgtools.restore_tool(_server_major(admin), int(made_by) if made_by else None).path
-    replaced = _database_name(env_db, f"_before_restore_{stamp}") if replacing else None
+    keep_as = _database_name(env_db, f"_before_restore_{stamp}")
+    replaced = keep_as if replacing else None
     _restore_into(
         admin,
         dump,
@@ -674,7 +676,7 @@ def restore_backup(
         manifest.row_counts,
         [],
         "the restored copy was dropped; try another backup",
-        then=(lambda: _swap_databases(admin, env_db, staging, replaced))
+        then=(lambda: _swap_databases(admin, env_db, staging, keep_as))
         if replacing
         else (lambda: _unmark(admin, dest)),
     )

@@ -9,6 +9,7 @@ import string
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from .errors import UsageError
 
@@ -185,6 +186,12 @@ def parse_config(data: dict, path: Path) -> Config:
         if not isinstance(settings, dict):
             raise UsageError(f"{path}: [environments.{name}] must be a table", "see README: Environments")
         _check_keys(path, f"environments.{name}", settings)
+        if "migrations_dir" in settings:  # one history, one folder: it was silently ignored here before
+            raise UsageError(
+                f"{path}: [environments.{name}] sets migrations_dir, which only [defaults] can set "
+                "(every environment applies the same migrations)",
+                "move migrations_dir to [defaults], or pass --migrations-dir",
+            )
         merged = {**POLICY_DEFAULTS, "connect_timeout": 10, **defaults, **settings}
         connection = {k: _connection_value(path, name, k, merged[k]) for k in CONNECTION_KEYS if k in merged}
         if "database" not in connection and "service" not in connection:
@@ -246,7 +253,7 @@ def _check_backup_dir(where: str, value: str) -> None:
         )
 
 
-def _typed(path: Path, env: str, key: str, value: object, default: object = None) -> object:
+def _typed(path: Path, env: str, key: str, value: Any, default: object = None) -> Any:
     """Check `value` against the type of the key's default; role names and choices too."""
     default = POLICY_DEFAULTS.get(key, default)
     where = f"{path}: [environments.{env}] {key}"

@@ -10,6 +10,7 @@ import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.errors
@@ -17,6 +18,9 @@ import psycopg2.extensions
 
 from .config import MAX_WAIT_SECONDS, Config, Environment
 from .errors import BridgeDbError, ConnectionFailed, LockTimeout, UsageError
+
+if TYPE_CHECKING:
+    from .embedded import EmbeddedCluster
 
 DSN_ENV_VAR = "BRIDGE_DB_DSN"
 URL_ENV_VAR = "DATABASE_URL"  # as dbmate, Rails and Heroku read it; used only without environments.toml
@@ -35,9 +39,9 @@ class Target:
     unless the user passed one in --dsn, and `label` never shows one."""
 
     environment: Environment
-    params: dict[str, object]
+    params: dict[str, Any]
     dsn: str | None = None
-    embedded: object | None = field(default=None, compare=False)  # EmbeddedCluster, started on demand
+    embedded: EmbeddedCluster | None = field(default=None, compare=False)  # started on demand
     # True when --dsn / $BRIDGE_DB_DSN reaches a database that is not this environment's own (nor any
     # other environment's): destructive verbs then ask first, naming the database.
     foreign: bool = False
@@ -61,13 +65,13 @@ class Target:
         """The login role, as far as it can be known before connecting."""
         if self.dsn is not None:
             return _safe_dsn_params(self.dsn).get("user") or os.environ.get("PGUSER") or _os_login()
-        return self.params.get("user") or os.environ.get("PGUSER") or _os_login()  # type: ignore[return-value]
+        return self.params.get("user") or os.environ.get("PGUSER") or _os_login()
 
     @property
     def database(self) -> str | None:
         if self.dsn is not None:
             return _safe_dsn_params(self.dsn).get("dbname") or os.environ.get("PGDATABASE")
-        return self.params.get("dbname")  # type: ignore[return-value]
+        return self.params.get("dbname")
 
 
 def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Target:
@@ -93,7 +97,7 @@ def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Tar
     if dsn is not None:
         parsed = _safe_dsn_params(dsn)  # validate early, without echoing the string
         reached = _endpoint(parsed)
-        owner = environment
+        owner: Environment | None = environment
         if reached != _own_endpoint(config, environment):
             matches = [e for e in config.environments.values() if _own_endpoint(config, e) == reached]
             # the strictest of them, should two environments name the same database
@@ -106,7 +110,7 @@ def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Tar
                 f"not {environment.name}'s"
             )
         policy_env = owner or environment
-        extra: dict[str, object] = {"application_name": APPLICATION_NAME}
+        extra: dict[str, Any] = {"application_name": APPLICATION_NAME}
         if "connect_timeout" not in parsed:
             extra["connect_timeout"] = policy_env.connection.get("connect_timeout", 10)
         env_sslmode = policy_env.connection.get("sslmode")
@@ -126,9 +130,9 @@ def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Tar
     return Target(environment, params, embedded=cluster, notes=tuple(early_notes))
 
 
-def _own_params(config: Config, environment: Environment) -> tuple[dict[str, object], object | None]:
+def _own_params(config: Config, environment: Environment) -> tuple[dict[str, Any], EmbeddedCluster | None]:
     """The libpq parameters of the environment's own database, and its embedded cluster if any."""
-    params: dict[str, object] = {"application_name": APPLICATION_NAME}
+    params: dict[str, Any] = {"application_name": APPLICATION_NAME}
     for key, value in environment.connection.items():
         params["dbname" if key == "database" else key] = value
     if not environment.embedded:
@@ -136,7 +140,7 @@ def _own_params(config: Config, environment: Environment) -> tuple[dict[str, obj
     from .embedded import EmbeddedCluster
 
     cluster = EmbeddedCluster.for_project(
-        config.project_root, port=int(params.get("port", 54329)), folder=environment.embedded_dir
+        config.project_root, port=int(str(params.get("port", 54329))), folder=environment.embedded_dir
     )
     params.update(cluster.connection_params())
     return params, cluster
@@ -213,7 +217,7 @@ def admin_target(target: Target, admin_dsn: str | None = None) -> Target:
         admin_dsn = os.environ.get(ADMIN_DSN_ENV_VAR)
     if admin_dsn is not None:
         _safe_dsn_params(admin_dsn)
-        params: dict[str, object] = {"application_name": APPLICATION_NAME}
+        params: dict[str, Any] = {"application_name": APPLICATION_NAME}
         sslmode = target.environment.connection.get("sslmode")
         if sslmode and "sslmode" not in parse_conninfo(admin_dsn):
             params["sslmode"] = sslmode
@@ -299,7 +303,7 @@ def connect(target: Target, *, start_embedded: bool = True):
     except psycopg2.OperationalError as exc:
         if target.embedded is None or not start_embedded:
             raise _connection_failed(target, exc) from None
-    target.embedded.up(database=target.database)  # type: ignore[attr-defined]
+    target.embedded.up(database=target.database)
     try:
         return _open(target)
     except psycopg2.OperationalError as exc:

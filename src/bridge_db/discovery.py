@@ -350,6 +350,33 @@ def discover_migrations(
             f"migrations folder not found: {directory}",
             "run from the project root, or pass --migrations-dir",
         )
+    forwards, rollbacks = _read_folder(directory, warn)
+    _check_numbering(forwards, rollbacks)
+    migrations = [
+        Migration(
+            version=version,
+            name=name,
+            forward=SqlFile(path, path.read_bytes()),
+            rollback=SqlFile(rollbacks[version], rollbacks[version].read_bytes()),
+        )
+        for version, (name, path) in sorted(forwards.items())
+    ]
+    for migration in migrations:
+        for sql_file in (migration.forward, migration.rollback):
+            _ = sql_file.directives  # decodes the file and validates every directive value
+            if not allow_empty and not sql_file.has_statement:
+                raise ValidationFailed(
+                    f"{sql_file.path.name}: has no SQL statement (only comments or nothing); "
+                    "it would be recorded as done while changing nothing",
+                    "write the migration's SQL (for a scaffold from `new`, replace its TODO), or delete the pair "
+                    "if it was never applied",
+                    file=str(sql_file.path),
+                )
+    return migrations
+
+
+def _read_folder(directory: Path, warn: Callable[[str], None]) -> tuple[dict[int, tuple[str, Path]], dict[int, Path]]:
+    """Forward files (name, path) and rollback files by version; anything else in the folder is refused."""
     root = directory.resolve()
     forwards: dict[int, tuple[str, Path]] = {}
     rollbacks: dict[int, Path] = {}
@@ -391,7 +418,11 @@ def discover_migrations(
                 "(lower case, digits and underscores), or move the file out of migrations/",
                 file=str(path),
             )
+    return forwards, rollbacks
 
+
+def _check_numbering(forwards: dict[int, tuple[str, Path]], rollbacks: dict[int, Path]) -> None:
+    """Every forward file has its rollback and the reverse; numbers run from 001 without gaps."""
     for version, path in rollbacks.items():
         if version not in forwards:
             raise ValidationFailed(
@@ -421,28 +452,6 @@ def discover_migrations(
                 file=str(forwards[version][1]),
             )
         expected += 1
-
-    migrations = [
-        Migration(
-            version=version,
-            name=name,
-            forward=SqlFile(path, path.read_bytes()),
-            rollback=SqlFile(rollbacks[version], rollbacks[version].read_bytes()),
-        )
-        for version, (name, path) in sorted(forwards.items())
-    ]
-    for migration in migrations:
-        for sql_file in (migration.forward, migration.rollback):
-            _ = sql_file.directives  # decodes the file and validates every directive value
-            if not allow_empty and not sql_file.has_statement:
-                raise ValidationFailed(
-                    f"{sql_file.path.name}: has no SQL statement (only comments or nothing); "
-                    "it would be recorded as done while changing nothing",
-                    "write the migration's SQL (for a scaffold from `new`, replace its TODO), or delete the pair "
-                    "if it was never applied",
-                    file=str(sql_file.path),
-                )
-    return migrations
 
 
 def _duplicate(version: int, first: Path, second: Path) -> ValidationFailed:

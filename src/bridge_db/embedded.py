@@ -15,6 +15,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import PrerequisiteMissing
 
@@ -112,7 +113,7 @@ class EmbeddedCluster:
             base = Path("/var/tmp") / f"bridge-db-devdb-{digest}"
         return cls(base, port, service_user)
 
-    def connection_params(self) -> dict[str, object]:
+    def connection_params(self) -> dict[str, Any]:
         return {"host": str(self.socket_dir), "port": self.port, "user": SUPERUSER}
 
     # ------------------------------------------------------------------ commands

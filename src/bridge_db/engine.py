@@ -1,8 +1,10 @@
 """Plan, apply, roll back, inspect and verify migrations: the whole path from `migrate` to COMMIT.
 
-Read top to bottom: `migrate()` connects, takes the advisory lock, validates history against the files,
-plans what is pending, checks prerequisites, then `_apply()` runs each migration and its history row in
-one transaction. `rollback()`, `status()` and `verify()` reuse the same pieces.
+Read top to bottom: `migrate()` and `rollback()` both go through `_execute()`, which connects, parses the
+likely plan, takes the advisory lock, validates history against the files, plans, checks prerequisites and
+confirmation, takes the production backup, then `_run_plan()` runs each migration and its history row in
+one transaction (`_run_unit()`), or statement by statement for a no-transaction file. One `RunState`
+carries what every step shares. status and verify, which only read, are in `inspection`.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.sql
 
 from .connection import Target, connect, lost_connection, migration_lock
-from .discovery import Migration, SqlFile
+from .discovery import Migration, SqlFile, Statement
 from .errors import (
     BackupFailed,
     BridgeDbError,
@@ -50,9 +54,19 @@ UNDEFINED_FILE = "58P01"  # "could not load library"/"could not access file": a 
 # --------------------------------------------------------------------------- results
 
 
+class Direction(StrEnum):
+    """Which way a run goes. The value is what the history log records for each step."""
+
+    UP = "apply"  # `migrate`
+    DOWN = "rollback"  # `rollback`
+
+    def file(self, migration: Migration) -> SqlFile:
+        return migration.forward if self is Direction.UP else migration.rollback
+
+
 @dataclass
 class StepResult:
-    action: str  # "apply" | "rollback"
+    action: Direction
     version: int
     name: str
     file: str
@@ -66,7 +80,7 @@ class StepResult:
 
 @dataclass
 class RunResult:
-    action: str  # "migrate" | "rollback"
+    direction: Direction
     target: str
     dry_run: bool
     head_before: int | None
@@ -79,62 +93,10 @@ class RunResult:
 
     def as_dict(self) -> dict:
         data = dict(self.__dict__)
-        data["steps"] = [s.as_dict() for s in self.steps]
-        return data
-
-
-@dataclass
-class MigrationState:
-    version: int
-    name: str
-    state: str  # applied | pending | modified | missing
-    applied: bool
-    applied_at: str | None = None
-    applied_by: str | None = None
-    execution_ms: int | None = None
-    file_checksum: str | None = None
-    applied_checksum: str | None = None
-
-
-@dataclass
-class StatusReport:
-    target: str
-    head: int | None
-    migrations: list[MigrationState]
-    problems: list[str]
-
-    @property
-    def pending(self) -> int:
-        return sum(1 for m in self.migrations if m.state == "pending")
-
-    def as_dict(self) -> dict:
-        return {
-            "target": self.target,
-            "head": self.head,
-            "pending": self.pending,
-            "problems": self.problems,
-            "migrations": [dict(m.__dict__) for m in self.migrations],
-        }
-
-
-@dataclass
-class VerifyReport:
-    target: str
-    head: int | None
-    checked_migrations: int
-    checked_objects: int
-    problems: list[str]
-    # "definitions": types, NOT NULL, defaults, constraints and indexes compared with a replay of the
-    # files; "names": only that declared tables, columns and indexes exist (the replay was not possible).
-    compared: str = "definitions"
-    note: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def as_dict(self) -> dict:
-        return {**self.__dict__, "ok": self.ok}
+        del data["direction"]
+        # the verb's name, as --json has always said it
+        return {"action": "migrate" if self.direction is Direction.UP else "rollback", **data,
+                "steps": [s.as_dict() for s in self.steps]}  # fmt: skip
 
 
 class Progress:
@@ -142,7 +104,7 @@ class Progress:
 
     def waiting_for_lock(self, holders: list[dict]) -> None: ...
 
-    def step_started(self, action: str, migration: Migration, index: int, total: int) -> None: ...
+    def step_started(self, direction: Direction, migration: Migration, index: int, total: int) -> None: ...
 
     def step_finished(self, step: StepResult) -> None: ...
 
@@ -179,7 +141,7 @@ def migrate(
     _check_version_arg(migrations, to_version)
     return _execute(
         target,
-        "apply",
+        Direction.UP,
         migrations,
         lambda applied: plan_pending(migrations, applied, to_version),
         dry_run=dry_run,
@@ -223,7 +185,7 @@ def rollback(
 
     return _execute(
         target,
-        "rollback",
+        Direction.DOWN,
         migrations,
         choose,
         dry_run=dry_run,
@@ -238,9 +200,9 @@ def rollback(
 
 def _execute(
     target: Target,
-    action: str,
+    direction: Direction,
     migrations: list[Migration],
-    choose_plan,
+    choose_plan: Callable[[dict[int, AppliedMigration]], list[Migration]],
     *,
     dry_run: bool,
     single_transaction: bool | None,
@@ -258,6 +220,7 @@ def _execute(
     single = single or guarded
     run = run or RunContext(environment=target.environment.name)
     started = time.perf_counter()
+    up = direction is Direction.UP
 
     conn = connect(target)
     try:
@@ -268,15 +231,15 @@ def _execute(
             # other runners waiting while it is split. Under the lock the plan is read again; a file that
             # only joins it then (history changed meanwhile) is parsed there, still before any DDL.
             tentative = choose_plan(read_applied(cur))
-            _parse_all(m.forward if action == "apply" else m.rollback for m in tentative)
+            _parse_all(direction.file(m) for m in tentative)
         with _locked(conn, target, lock_wait, progress, dry_run):
             applied = read_applied(cur)
             _raise_on_problems(history_problems(migrations, applied))
             plan = choose_plan(applied)
             versions = {m.version for m in plan}
-            after = set(applied) | versions if action == "apply" else set(applied) - versions
+            after = set(applied) | versions if up else set(applied) - versions
             result = RunResult(
-                "migrate" if action == "apply" else "rollback",
+                direction,
                 target.label,
                 dry_run,
                 head_before=max(applied, default=None),
@@ -284,23 +247,23 @@ def _execute(
                 single_transaction=single,
                 run_id=run.run_id,
             )
-            files = [m.forward if action == "apply" else m.rollback for m in plan]
             if dry_run:
-                result.steps = [_planned(action, m, f) for m, f in zip(plan, files)]
+                result.steps = [_planned(direction, m) for m in plan]
                 return result
             if not plan:
                 return result
-            _parse_all(files)  # a syntax error in any file stops the run before any DDL
-            if action == "apply":
+            _parse_all(direction.file(m) for m in plan)  # a syntax error in any file stops the run before any DDL
+            if up:
                 check_required_extensions(cur, plan)
-            if policy.require_confirmation or (action == "rollback" and target.foreign):
-                _confirm_plan(confirm, target, action, plan)
+            if policy.require_confirmation or (not up and target.foreign):
+                _confirm_plan(confirm, target, direction, plan)
             post_check = None
             if guarded:
                 result.backup = _backup_first(target, backup_dir, run, progress)
-                if action == "apply":
+                if up:
                     post_check = _declared_schema_check(migrations, applied, plan)
-            result.steps = _run_plan(conn, target, action, plan, single, progress, run, post_check)
+            state = RunState(conn, target, direction, run, progress, total=len(plan))
+            result.steps = _run_plan(state, plan, single, post_check)
             result.total_ms = _ms_since(started)
             return result
     except psycopg2.Error as exc:  # outside a migration step: connection lost, privileges, ...
@@ -405,91 +368,95 @@ def check_required_extensions(cur, plan: Iterable[Migration]) -> None:
 # --------------------------------------------------------------------------- running steps
 
 
-def _run_plan(
-    conn,
-    target: Target,
-    action: str,
-    plan: list[Migration],
-    single: bool,
-    progress: Progress,
-    run: RunContext,
-    post_check: Callable | None = None,
-) -> list[StepResult]:
+@dataclass
+class RunState:
+    """What every step of one run shares: the connection, the target, the direction, the run's identity
+    for the log rows, who hears of progress, and how many migrations the plan holds."""
+
+    conn: Any
+    target: Target
+    direction: Direction
+    run: RunContext
+    progress: Progress
+    total: int
+
+
+@dataclass
+class Attempt:
+    """One migration file being run: when it started, for its log row and its time."""
+
+    migration: Migration
+    sql_file: SqlFile
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    t0: float = field(default_factory=time.perf_counter)
+
+
+def _run_plan(state: RunState, plan: list[Migration], single: bool, post_check: Callable | None) -> list[StepResult]:
     """Each migration in its own transaction, or (single) the whole plan, history tables and
     `post_check` included, in one. A transaction that hits lock_timeout is rolled back and retried
     with jittered backoff, so a migration never queues behind a long transaction while blocking
     every query behind itself. Migrations marked no-transaction run statement by statement."""
-    odd = next((m for m in plan if not m.sql_file(action).transactional), None)
+    direction = state.direction
+    odd = next((m for m in plan if not direction.file(m).transactional), None)
     if single and odd:
         raise ValidationFailed(
-            f"{odd.sql_file(action).path.name} is marked no-transaction and cannot join a single-transaction run",
-            f"run it on its own: first up to {odd.version - 1 if action == 'apply' else odd.version}, then it",
+            f"{direction.file(odd).path.name} is marked no-transaction and cannot join a single-transaction run",
+            f"run it on its own: first up to {odd.version - 1 if direction is Direction.UP else odd.version}, then it",
         )
     units = [plan] if single else [[m] for m in plan]
     done: list[StepResult] = []
     for unit in units:
-        if not unit[0].sql_file(action).transactional:
-            done.append(
-                _run_without_transaction(conn, target, action, unit[0], len(done) + 1, len(plan), progress, run)
-            )
+        if not direction.file(unit[0]).transactional:
+            done.append(_run_without_transaction(state, unit[0], len(done) + 1))
             continue
         check = post_check if unit is units[-1] else None
         done += _with_lock_retries(
-            target,
-            unit[0],
-            partial(_run_unit, conn, target, action, unit, len(done), len(plan), progress, run, check),
-            progress,
+            state.target, unit[0], partial(_run_unit, state, unit, len(done), check), state.progress
         )
     return done
 
 
-def _run_without_transaction(
-    conn, target: Target, action: str, migration: Migration, index: int, total: int, progress: Progress, run: RunContext
-) -> StepResult:
+def _run_without_transaction(state: RunState, migration: Migration, index: int) -> StepResult:
     """A `-- bridge:no-transaction` file: each statement on its own, because CREATE INDEX CONCURRENTLY
     cannot run inside a transaction. The session advisory lock does not get in its way (it holds no
     transaction open). After each statement its index is recorded, so a rerun after a crash resumes
     after the last completed one; an invalid index left by a failed concurrent build is dropped before
     the build runs again (IF NOT EXISTS would otherwise keep the broken index)."""
-    sql_file = migration.sql_file(action)
+    conn, target, direction = state.conn, state.target, state.direction
+    sql_file = direction.file(migration)
     cur = conn.cursor()
-    progress.step_started(action, migration, index, total)
-    started_at, t0 = datetime.now(UTC), time.perf_counter()
+    state.progress.step_started(direction, migration, index, state.total)
+    attempt = Attempt(migration, sql_file)
     _fresh_session(cur, target, timeouts="session")
     ensure_history_tables(cur)
-    resume_after = read_progress(cur, migration.version, action, sql_file.checksum)
+    resume_after = read_progress(cur, migration.version, direction, sql_file.checksum)
     for number, statement in enumerate(sql_file.statements):
         if number <= resume_after:
             continue
-        _with_lock_retries(
-            target,
-            migration,
-            lambda s=statement: _run_alone(conn, cur, target, action, migration, sql_file, s, run, started_at, t0),
-            progress,
-        )
+        _with_lock_retries(target, migration, partial(_run_alone, state, cur, attempt, statement), state.progress)
         _write_history(
             conn,
             target,
             migration,
-            lambda n=number: record_progress(cur, migration.version, action, sql_file.checksum, n),
+            partial(record_progress, cur, migration.version, direction, sql_file.checksum, number),
             transactional=False,
         )
-    elapsed = _ms_since(t0)
+    elapsed = _ms_since(attempt.t0)
     _fresh_session(cur, target)
 
     def record() -> None:
         cur.execute("BEGIN")
-        _record_done(cur, run, action, migration, started_at, elapsed)
+        _record_done(state, cur, attempt, elapsed)
         clear_progress(cur, migration.version)
         cur.execute("COMMIT")
 
     _write_history(conn, target, migration, record, transactional=False)
-    step = StepResult(action, migration.version, migration.name, sql_file.path.name, elapsed)
-    progress.step_finished(step)
+    step = StepResult(direction, migration.version, migration.name, sql_file.path.name, elapsed)
+    state.progress.step_finished(step)
     return step
 
 
-def _run_alone(conn, cur, target, action, migration, sql_file, statement, run, started_at, t0) -> None:
+def _run_alone(state: RunState, cur, attempt: Attempt, statement: Statement) -> None:
     """One statement of a no-transaction file. Its progress row is written after it, not with it (there
     is no transaction to share), so a run killed in between repeats it: discovery admits only
     statements whose repetition changes nothing, and those that would fail on a repeat are checked here
@@ -511,25 +478,25 @@ def _run_alone(conn, cur, target, action, migration, sql_file, statement, run, s
     try:
         cur.execute(statement.sql)
     except psycopg2.Error as exc:
-        raise _step_failed(conn, target, action, migration, sql_file, statement, exc, run, started_at, t0) from None
+        raise _step_failed(state, attempt, statement, exc) from None
 
 
-def _run_unit(conn, target, action, unit, offset, total, progress, run, post_check) -> list[StepResult]:
+def _run_unit(state: RunState, unit: list[Migration], offset: int, post_check: Callable | None) -> list[StepResult]:
     """One transaction: BEGIN, timeouts, the unit's migrations and history rows, checks, COMMIT."""
-    cur = conn.cursor()
+    cur = state.conn.cursor()
     cur.execute("BEGIN")
-    _fresh_session(cur, target, timeouts="transaction")
-    if action == "apply" and offset == 0:  # the first transaction of a run creates them; later ones find them
+    _fresh_session(cur, state.target, timeouts="transaction")
+    if state.direction is Direction.UP and offset == 0:  # the run's first transaction creates them
         ensure_history_tables(cur)
     steps = []
     for index, migration in enumerate(unit, start=offset + 1):
-        progress.step_started(action, migration, index, total)
-        steps.append(_run_step(conn, cur, target, action, migration, run))
+        state.progress.step_started(state.direction, migration, index, state.total)
+        steps.append(_run_step(state, cur, migration))
     if post_check:
-        _check_or_fail(conn, cur, target, action, unit[-1], run, post_check)
-    _commit_or_fail(conn, cur, target, action, unit[-1], run)
+        _check_or_fail(state, cur, post_check)
+    _commit_or_fail(state, cur, unit[-1])
     for step in steps:
-        progress.step_finished(step)
+        state.progress.step_finished(step)
     return steps
 
 
@@ -591,24 +558,23 @@ def _describe_blocker(b: dict) -> str:
     )
 
 
-def _run_step(conn, cur, target: Target, action: str, migration: Migration, run: RunContext) -> StepResult:
+def _run_step(state: RunState, cur, migration: Migration) -> StepResult:
     """Run one file's statements and write its history and log rows, inside the caller's transaction.
 
     On a failing statement: ROLLBACK, log the failure in its own transaction, raise MigrationFailed
     naming file and line. The database is left as it was before the transaction began.
     """
-    sql_file = migration.forward if action == "apply" else migration.rollback
-    started_at = datetime.now(UTC)
-    t0 = time.perf_counter()
+    conn, target = state.conn, state.target
+    attempt = Attempt(migration, state.direction.file(migration))
     notices_before = len(conn.notices)
     statement = None
     try:
         _fresh_session(cur, target, timeouts="transaction")  # each migration starts from the same state
-        for statement in sql_file.statements:
+        for statement in attempt.sql_file.statements:
             cur.execute(statement.sql)
-        elapsed = _ms_since(t0)
+        elapsed = _ms_since(attempt.t0)
     except psycopg2.Error as exc:
-        raise _step_failed(conn, target, action, migration, sql_file, statement, exc, run, started_at, t0) from None
+        raise _step_failed(state, attempt, statement, exc) from None
     except BaseException:  # Ctrl-C or a bug: never leave the transaction open
         _rollback_quietly(conn)
         raise
@@ -619,41 +585,44 @@ def _run_step(conn, cur, target: Target, action: str, migration: Migration, run:
             conn,
             target,
             migration,
-            lambda: (
-                _fresh_session(cur, target, timeouts="transaction"),
-                _record_done(cur, run, action, migration, started_at, elapsed),
-            ),
+            partial(_record_in_engine_session, state, cur, attempt, elapsed),
         )
     except BaseException:
         _rollback_quietly(conn)
         raise
     skipped = sum(1 for n in conn.notices[notices_before:] if "already exists, skipping" in n)
-    return StepResult(action, migration.version, migration.name, sql_file.path.name, elapsed, skipped)
+    return StepResult(state.direction, migration.version, migration.name, attempt.sql_file.path.name, elapsed, skipped)
 
 
-def _record_done(cur, run: RunContext, action: str, migration: Migration, started_at, elapsed: int) -> None:
+def _record_in_engine_session(state: RunState, cur, attempt: Attempt, elapsed: int) -> None:
+    _fresh_session(cur, state.target, timeouts="transaction")
+    _record_done(state, cur, attempt, elapsed)
+
+
+def _record_done(state: RunState, cur, attempt: Attempt, elapsed: int) -> None:
     """The history row (added or removed) and the success log row, in the caller's transaction."""
-    if action == "apply":
-        record_applied(cur, migration.version, migration.name, migration.checksum, elapsed, migration.rollback_checksum)
+    m = attempt.migration
+    if state.direction is Direction.UP:
+        record_applied(cur, m.version, m.name, m.checksum, elapsed, m.rollback_checksum)
     else:
-        record_rolled_back(cur, migration.version)
+        record_rolled_back(cur, m.version)
     log_step(
         cur,
-        run,
-        action,
-        migration.version,
-        migration.name,
-        migration.checksum,
+        state.run,
+        state.direction,
+        m.version,
+        m.name,
+        m.checksum,
         success=True,
-        started_at=started_at,
+        started_at=attempt.started_at,
         execution_ms=elapsed,
     )
 
 
-def _check_or_fail(conn, cur, target: Target, action: str, last: Migration, run: RunContext, check) -> None:
+def _check_or_fail(state: RunState, cur, check: Callable) -> None:
     problems = check(cur)
     if problems:
-        _rollback_quietly(conn)
+        _rollback_quietly(state.conn)
         raise MigrationFailed(
             f"post-apply schema check failed, everything was rolled back: {problems[0]}"
             + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
@@ -662,10 +631,10 @@ def _check_or_fail(conn, cur, target: Target, action: str, last: Migration, run:
         )
 
 
-def _confirm_plan(confirm, target: Target, action: str, plan: list[Migration]) -> None:
+def _confirm_plan(confirm, target: Target, direction: Direction, plan: list[Migration]) -> None:
     names = ", ".join(m.label for m in plan)
     question = (
-        f"{'Apply' if action == 'apply' else 'Roll back'} {len(plan)} migration(s) on database "
+        f"{'Apply' if direction is Direction.UP else 'Roll back'} {len(plan)} migration(s) on database "
         f"{target.database or '?'} ({target.label}): {names}?"
     )
     why = (
@@ -705,24 +674,25 @@ def _backup_first(target: Target, backup_dir: Path | None, run: RunContext, prog
 
 
 def _declared_schema_check(migrations: list[Migration], applied: dict, plan: list[Migration]):
+    from .inspection import _missing_objects, declared_objects  # inspection builds on this module
+
     versions = set(applied) | {m.version for m in plan}
     expected = declared_objects([m for m in migrations if m.version in versions])
     return lambda cur: _missing_objects(cur, expected)
 
 
-def _commit_or_fail(conn, cur, target: Target, action: str, last: Migration, run: RunContext) -> None:
+def _commit_or_fail(state: RunState, cur, last: Migration) -> None:
     try:
         cur.execute("COMMIT")
     except psycopg2.Error as exc:  # deferred constraints fire here
-        sql_file = last.forward if action == "apply" else last.rollback
-        raise _step_failed(
-            conn, target, action, last, sql_file, None, exc, run, datetime.now(UTC), time.perf_counter()
-        ) from None
+        raise _step_failed(state, Attempt(last, state.direction.file(last)), None, exc) from None
 
 
-def _step_failed(conn, target, action, migration, sql_file: SqlFile, statement, exc, run, started_at, t0) -> Exception:
+def _step_failed(state: RunState, attempt: Attempt, statement: Statement | None, exc: psycopg2.Error) -> Exception:
+    """The error to raise for a failed statement (or COMMIT), after rolling back and logging the failure."""
+    conn, migration, sql_file = state.conn, attempt.migration, attempt.sql_file
     if conn.closed:
-        return lost_connection(target, exc)
+        return lost_connection(state.target, exc)
     _rollback_quietly(conn)
     error = (getattr(exc, "pgerror", None) or str(exc)).strip()
     first_line = error.splitlines()[0] if error else type(exc).__name__
@@ -739,14 +709,14 @@ def _step_failed(conn, target, action, migration, sql_file: SqlFile, statement, 
             cur.execute("BEGIN")
             log_step(
                 cur,
-                run,
-                action,
+                state.run,
+                state.direction,
                 migration.version,
                 migration.name,
                 migration.checksum,
                 success=False,
-                started_at=started_at,
-                execution_ms=_ms_since(t0),
+                started_at=attempt.started_at,
+                execution_ms=_ms_since(attempt.t0),
                 error=first_line,
             )
             cur.execute("COMMIT")
@@ -754,16 +724,15 @@ def _step_failed(conn, target, action, migration, sql_file: SqlFile, statement, 
         _rollback_quietly(conn)
     if isinstance(exc, psycopg2.errors.LockNotAvailable) and statement is not None:
         return LockBlocked(sql_file.path.name, statement.line, blockers_of(conn, statement.relations))
+    where = f"{sql_file.path.name}:{line}" if line else sql_file.path.name
     if exc.pgcode == UNDEFINED_FILE:  # the server cannot load a library: the host lacks a package, not the SQL
         from .extensions import missing_library
 
-        where = f"{sql_file.path.name}:{line}" if line else sql_file.path.name
         return missing_library(f"{where} (rolled back, nothing recorded)", exc)
-    where = f"{sql_file.path.name}:{line}" if line else sql_file.path.name
     return MigrationFailed(
         f"{where}: {first_line} (sqlstate {getattr(exc, 'pgcode', None) or '?'})",
-        f"{'migration' if action == 'apply' else 'rollback'} rolled back, nothing from it was recorded; "
-        "fix the SQL and run again",
+        f"{'migration' if state.direction is Direction.UP else 'rollback'} rolled back, nothing from it was "
+        "recorded; fix the SQL and run again",
         file=str(sql_file.path),
         line=line,
         version=migration.version,
@@ -864,221 +833,6 @@ def reset_schema(
         raise _database_error(target, conn, exc) from None
     finally:
         conn.close()
-
-
-# --------------------------------------------------------------------------- status and verify
-
-
-def status(target: Target, migrations: list[Migration]) -> StatusReport:
-    conn = connect(target)
-    try:
-        with conn.cursor() as cur:
-            applied = read_applied(cur)
-    except psycopg2.Error as exc:
-        raise _database_error(target, conn, exc) from None
-    finally:
-        conn.close()
-    return _status_report(target, migrations, applied)
-
-
-def _status_report(target: Target, migrations: list[Migration], applied: dict[int, AppliedMigration]) -> StatusReport:
-    states = []
-    for m in migrations:
-        row = applied.get(m.version)
-        state = "pending" if row is None else ("modified" if row.checksum != m.checksum else "applied")
-        states.append(
-            MigrationState(
-                m.version,
-                m.name,
-                state,
-                row is not None,
-                applied_at=row.applied_at.isoformat() if row else None,
-                applied_by=row.applied_by if row else None,
-                execution_ms=row.execution_ms if row else None,
-                file_checksum=m.checksum,
-                applied_checksum=row.checksum if row else None,
-            )
-        )
-    known = {m.version for m in migrations}
-    for version, row in sorted(applied.items()):
-        if version not in known:
-            states.append(
-                MigrationState(
-                    version,
-                    row.name,
-                    "missing",
-                    True,
-                    row.applied_at.isoformat(),
-                    row.applied_by,
-                    row.execution_ms,
-                    None,
-                    row.checksum,
-                )
-            )
-    states.sort(key=lambda s: s.version)
-    problems = [str(p) for p in history_problems(migrations, applied)]
-    return StatusReport(target.label, max(applied, default=None), states, problems)
-
-
-def verify(target: Target, migrations: list[Migration]) -> VerifyReport:
-    """History against files (checksums, missing files, order), then the tables the applied migrations
-    declare against the live catalog: every column's type, NOT NULL and default, every constraint and
-    index, both ways (see schema_diff). Where the files cannot be replayed, declared names only."""
-    from .schema_diff import ReferenceUnavailable, differences, live_tables, reference_tables
-
-    conn = connect(target)
-    compared, note = "definitions", None
-    try:
-        with conn.cursor() as cur:
-            applied = read_applied(cur)
-            problems = [str(p) for p in history_problems(migrations, applied)]
-            applied_files = [m for m in migrations if m.version in applied]
-            expected = declared_objects(applied_files)
-            undeclared = _undeclared_objects(cur, expected)
-        try:
-            reference = reference_tables(conn, applied_files)
-        except ReferenceUnavailable as exc:
-            # Names only, and only this direction: a file that cannot be replayed (a DO block, say) may
-            # create what the parser cannot see, so "not declared" would be a guess.
-            compared, note = "names", str(exc)
-            with conn.cursor() as cur:
-                problems += _missing_objects(cur, expected)
-        else:
-            # The replay compares every declared table both ways; what is left of the other direction
-            # is whole tables (and their indexes) that no applied migration declares.
-            problems += differences(reference, live_tables(conn, reference))
-            problems += [p for p in undeclared if p.startswith("table ")]
-    except psycopg2.Error as exc:
-        raise _database_error(target, conn, exc) from None
-    finally:
-        conn.close()
-    checked = len(expected["tables"]) + len(expected["indexes"]) + sum(len(c) for c in expected["tables"].values())
-    return VerifyReport(target.label, max(applied, default=None), len(applied), checked, problems, compared, note)
-
-
-ANY_COLUMNS = "*"  # a declared table whose columns the file does not list (PARTITION OF, LIKE, ...)
-
-
-def declared_objects(applied: list[Migration]) -> dict:
-    """Tables (with columns) and indexes that the applied forward files leave behind, in order."""
-    from pglast import ast, enums
-
-    tables: dict[str, set[str]] = {}
-    indexes: dict[str, str] = {}  # index name -> declaring file
-    for migration in applied:
-        for raw in migration.forward.parse_tree():
-            stmt = raw.stmt
-            if isinstance(stmt, ast.CreateStmt):
-                cols = {e.colname for e in (stmt.tableElts or ()) if isinstance(e, ast.ColumnDef)}
-                if (
-                    stmt.inhRelations
-                    or stmt.partbound
-                    or stmt.ofTypename
-                    or any(isinstance(e, ast.TableLikeClause) for e in (stmt.tableElts or ()))
-                ):
-                    cols.add(ANY_COLUMNS)  # PARTITION OF, INHERITS, OF type, LIKE: columns come from elsewhere
-                tables.setdefault(_qualified(stmt.relation), set()).update(cols)
-            elif isinstance(stmt, ast.IndexStmt) and stmt.idxname:
-                schema = stmt.relation.schemaname
-                indexes[f"{schema}.{stmt.idxname}" if schema else stmt.idxname] = migration.forward.path.name
-            elif isinstance(stmt, ast.AlterTableStmt):
-                table = tables.setdefault(_qualified(stmt.relation), set())
-                for cmd in stmt.cmds or ():
-                    if cmd.subtype == enums.AlterTableType.AT_AddColumn:
-                        table.add(cmd.def_.colname)
-                    elif cmd.subtype == enums.AlterTableType.AT_DropColumn:
-                        table.discard(cmd.name)
-            elif isinstance(stmt, ast.RenameStmt) and stmt.relation is not None:
-                old = _qualified(stmt.relation)
-                if stmt.renameType == enums.ObjectType.OBJECT_TABLE and old in tables:
-                    tables[stmt.newname] = tables.pop(old)
-                elif stmt.renameType == enums.ObjectType.OBJECT_INDEX and old in indexes:
-                    indexes[stmt.newname] = indexes.pop(old)
-                elif stmt.renameType == enums.ObjectType.OBJECT_COLUMN and old in tables:
-                    tables[old].discard(stmt.subname)
-                    tables[old].add(stmt.newname)
-            elif isinstance(stmt, ast.DropStmt):
-                for obj in stmt.objects or ():
-                    name = ".".join(n.sval for n in obj) if isinstance(obj, tuple) else None
-                    if stmt.removeType == enums.ObjectType.OBJECT_TABLE and name:
-                        tables.pop(name, None)
-                    elif stmt.removeType == enums.ObjectType.OBJECT_INDEX and name:
-                        indexes.pop(name, None)
-    return {"tables": tables, "indexes": indexes}
-
-
-def _qualified(relation) -> str:
-    return f"{relation.schemaname}.{relation.relname}" if relation.schemaname else relation.relname
-
-
-def _missing_objects(cur, expected: dict) -> list[str]:
-    problems = []
-    for table, columns in sorted(expected["tables"].items()):
-        cur.execute(
-            "SELECT c.oid IS NOT NULL, coalesce(array_agg(a.attname::text) FILTER (WHERE a.attname IS NOT NULL), '{}') "
-            "FROM (SELECT to_regclass(%s) AS oid) c "
-            "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped GROUP BY c.oid",
-            (table,),
-        )
-        exists, live_columns = cur.fetchone()
-        if not exists:
-            problems.append(f"table {table} is missing (declared by an applied migration)")
-            continue
-        for column in sorted(columns - set(live_columns) - {ANY_COLUMNS}):
-            problems.append(f"column {table}.{column} is missing (declared by an applied migration)")
-    for index, file in sorted(expected["indexes"].items()):
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (index,))
-        if not cur.fetchone()[0]:
-            problems.append(f"index {index} is missing (declared by {file})")
-    return problems
-
-
-def _undeclared_objects(cur, expected: dict) -> list[str]:
-    """The other direction: tables, columns and indexes in schema public that no applied migration
-    declares (added by hand, or left behind). Not counted: the engine's own tables, objects that belong
-    to an extension, and indexes that back a constraint (primary keys, UNIQUE)."""
-    from .history import ENGINE_TABLES
-
-    def public_name(name: str) -> str | None:
-        schema, _, rel = name.rpartition(".")
-        return rel if schema in ("", "public") else None
-
-    declared_tables = {public_name(t): cols for t, cols in expected["tables"].items() if public_name(t)}
-    declared_indexes = {public_name(i) for i in expected["indexes"] if public_name(i)}
-    cur.execute(
-        """
-        SELECT c.relname::text, c.relkind::text,
-               coalesce(array_agg(a.attname::text) FILTER (WHERE a.attname IS NOT NULL), '{}')
-          FROM pg_class c
-          LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                                   AND c.relkind IN ('r', 'p')
-         WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'i', 'I')
-           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                                                      AND d.objid = c.oid AND d.deptype = 'e')
-           AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = c.oid AND k.contype IN ('p', 'u', 'x'))
-           -- an index on a partition, created with its partitioned parent index
-           AND NOT (c.relkind = 'i' AND EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = c.oid))
-           AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indexrelid = c.oid
-                                                      AND i.indrelid IN (SELECT to_regclass('public.' || t)
-                                                                           FROM unnest(%s::text[]) t))
-         GROUP BY c.relname, c.relkind
-         ORDER BY c.relname
-        """,
-        (list(ENGINE_TABLES),),
-    )
-    problems = []
-    for name, kind, columns in cur.fetchall():
-        if kind in ("i", "I"):
-            if name not in declared_indexes:
-                problems.append(f"index public.{name} is not declared by any applied migration")
-        elif name in ENGINE_TABLES:
-            continue
-        elif name not in declared_tables:
-            problems.append(f"table public.{name} is not declared by any applied migration")
-        elif ANY_COLUMNS not in declared_tables[name]:
-            for column in sorted(set(columns) - declared_tables[name]):
-                problems.append(f"column public.{name}.{column} is not declared by any applied migration")
-    return problems
 
 
 # --------------------------------------------------------------------------- helpers
@@ -1185,7 +939,7 @@ def _become_owner(cur, target: Target) -> None:
         ) from None
 
 
-def _raise_on_problems(problems: list[str]) -> None:
+def _raise_on_problems(problems: list[Problem]) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more problem(s); `status` lists them)" if len(problems) > 1 else ""
         first = problems[0]
@@ -1198,8 +952,9 @@ def _check_version_arg(migrations: list[Migration], to_version: int | None) -> N
         raise UsageError(f"--to {to_version}: no such migration (known: {known})", "pass an existing migration number")
 
 
-def _planned(action: str, migration: Migration, sql_file: SqlFile) -> StepResult:
-    return StepResult(action, migration.version, migration.name, sql_file.path.name, sql=sql_file.text)
+def _planned(direction: Direction, migration: Migration) -> StepResult:
+    sql_file = direction.file(migration)
+    return StepResult(direction, migration.version, migration.name, sql_file.path.name, sql=sql_file.text)
 
 
 def _parse_all(files: Iterable[SqlFile]) -> None:

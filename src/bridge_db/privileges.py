@@ -22,9 +22,12 @@ TABLE_ALL = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "
 SEQUENCE_ALL = ("USAGE", "SELECT", "UPDATE")
 
 # What each kind of role should hold; anything else it holds on these objects is revoked.
-DESIRED_TABLES = {"app": TABLE_DML, "readonly": ("SELECT",)}
-DESIRED_ENGINE_TABLES = {"app": ("SELECT",), "readonly": ("SELECT",)}  # history is written by migrations only
-DESIRED_SEQUENCES = {"app": ("USAGE", "SELECT"), "readonly": ("SELECT",)}
+DESIRED_TABLES: dict[str, tuple[str, ...]] = {"app": TABLE_DML, "readonly": ("SELECT",)}
+DESIRED_ENGINE_TABLES: dict[str, tuple[str, ...]] = {
+    "app": ("SELECT",),
+    "readonly": ("SELECT",),
+}  # history is written by migrations only
+DESIRED_SEQUENCES: dict[str, tuple[str, ...]] = {"app": ("USAGE", "SELECT"), "readonly": ("SELECT",)}
 SCHEMA = "public"  # every object is named with it: never resolved through the connection's search_path
 
 
@@ -167,9 +170,16 @@ def _plan_changes(cur, roles: dict[str, str]) -> list[Change]:
                 "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
             )
         )
+    return changes + _relation_changes(cur, roles) + _default_privilege_changes(cur, roles)
 
+
+def _relation_changes(cur, roles: dict[str, str]) -> list[Change]:
+    """Each table's and sequence's grants to the app and read-only roles, exactly as desired."""
+    changes: list[Change] = []
     for relation, kind in _relations(cur):
         engine_table = relation in ENGINE_TABLES or relation.startswith(tuple(f"{t}_" for t in ENGINE_TABLES))
+        desired: dict[str, tuple[str, ...]]
+        every: tuple[str, ...]
         if kind == "S":
             desired, every, noun = DESIRED_SEQUENCES, SEQUENCE_ALL, "SEQUENCE"
         else:
@@ -184,8 +194,13 @@ def _plan_changes(cur, roles: dict[str, str]) -> list[Change]:
                 changes.append(_relation_change(cur, "GRANT", grant, noun, relation, role, f"{role} lacks"))
             if revoke:
                 changes.append(_relation_change(cur, "REVOKE", revoke, noun, relation, role, f"{role} must not have"))
+    return changes
 
-    # Tables that later migrations create (as the owner role) are covered without granting again.
+
+def _default_privilege_changes(cur, roles: dict[str, str]) -> list[Change]:
+    """Tables that later migrations create (as the owner role) are covered without granting again."""
+    changes: list[Change] = []
+    ident = sql.Identifier
     for objtype, noun, desired in (("r", "TABLES", DESIRED_TABLES), ("S", "SEQUENCES", DESIRED_SEQUENCES)):
         for role_kind in ("app", "readonly"):
             role = roles[role_kind]

@@ -60,12 +60,12 @@ class InventoryModule(BaseInventoryPlugin):
         if src not in sys.path:
             sys.path.insert(0, src)
         try:
-            from bridge_db.config import load_config
+            from bridge_db.api import Bridge
             from bridge_db.errors import BridgeDbError
         except ImportError as exc:
             raise AnsibleParserError(f"{path}: cannot import bridge_db from {src}: {exc}") from None
         try:
-            config = load_config(config_path)
+            config = Bridge(config=config_path).config
         except BridgeDbError as exc:
             raise AnsibleParserError(f"{exc.message} ({exc.next_step})") from None
         wanted = self.get_option("environments") or list(config.environments)

@@ -1,19 +1,31 @@
-# Shared by the omninode.bridge modules: find the bridge_db engine, build its target, report its errors.
+# Copyright: OmniNode Bridge database operations team
+# MIT License (see LICENSE)
+"""Shared by the omninode.bridge modules: find the bridge_db engine, open its facade, report its errors.
+
+The argument specs are written out here and in each module (Ansible ships them to the host before the
+engine can be imported); tests/test_frontends.py checks them against bridge_db.options, the table the CLI
+and Invoke are generated from."""
+
 from __future__ import annotations
 
 import os
 import sys
 
+from ansible.module_utils.basic import env_fallback
+
 COMMON_ARGS = dict(
     project_dir=dict(type="path", required=True),
-    config=dict(type="path"),
-    environment=dict(type="str", required=True),
-    dsn=dict(type="str", no_log=True),
+    config=dict(type="path", fallback=(env_fallback, ["BRIDGE_DB_CONFIG"])),
+    # required here (a fleet run names its environment), but $BRIDGE_DB_ENV satisfies it, as for the CLI
+    environment=dict(type="str", required=True, fallback=(env_fallback, ["BRIDGE_DB_ENV"])),
+    dsn=dict(type="str", no_log=True, fallback=(env_fallback, ["BRIDGE_DB_DSN"])),
+    migrations_dir=dict(type="path"),
     # The database password (from Ansible Vault). A no_log module parameter travels inside the module's
     # payload, never on a command line; the module puts it into its own process environment (PGPASSWORD)
     # for libpq and the client tools it starts, so it shows neither in `ps` nor in -vvv output.
     password=dict(type="str", no_log=True),
 )
+ADMIN_DSN = dict(type="str", no_log=True, fallback=(env_fallback, ["BRIDGE_DB_ADMIN_DSN"]))
 
 
 def argument_spec(**extra):
@@ -26,7 +38,7 @@ def import_engine(module):
     if os.path.isdir(src) and src not in sys.path:
         sys.path.insert(0, src)
     try:
-        import bridge_db  # noqa: F401
+        import bridge_db  # noqa: F401  # pylint: disable=unused-import
     except ImportError as exc:
         module.fail_json(
             msg=f"the bridge_db engine is not installed for {sys.executable} and not found in {src} ({exc})",
@@ -37,18 +49,21 @@ def import_engine(module):
         )
 
 
-def engine(module):
-    """(config, target, migrations) for the module's environment."""
+def bridge(module):
+    """The facade for the module's environment: config, target, migrations and folders resolved once."""
     import_engine(module)
-    from bridge_db.config import load_config
-    from bridge_db.connection import resolve_target
-    from bridge_db.discovery import discover_migrations
+    from bridge_db.api import Bridge
 
-    config = load_config(module.params["config"] or os.path.join(module.params["project_dir"], "environments.toml"))
-    target = resolve_target(config, module.params["environment"], module.params["dsn"])
-    for note in target.notes:  # e.g. the DSN's own sslmode replaces the environment's
-        module.warn(note)
-    return config, target, discover_migrations(config.migrations_dir, warn=module.warn)  # hidden files
+    p = module.params
+    config = p["config"] or os.path.join(p["project_dir"], "environments.toml")
+    return Bridge(
+        p["environment"],
+        p["dsn"],
+        config,
+        p.get("migrations_dir"),
+        p.get("backup_dir"),
+        warn=module.warn,  # hidden files, the DSN's own sslmode, ...
+    )
 
 
 def run(module, body):
@@ -67,3 +82,4 @@ def run(module, body):
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             module.fail_json(msg=f"database error: {first}", exit_code=1, error="database")
         raise
+    return None

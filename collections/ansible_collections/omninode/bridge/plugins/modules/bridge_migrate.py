@@ -1,5 +1,7 @@
 #!/usr/bin/python
-# Apply or roll back OmniNode Bridge migrations through the bridge_db engine.
+# Copyright: OmniNode Bridge database operations team
+# MIT License (see LICENSE)
+"""Apply or roll back OmniNode Bridge migrations through the bridge_db facade."""
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -16,12 +18,26 @@ options:
     type: str
     choices: [migrated, rolled_back]
     default: migrated
-  to: {description: Target migration number., type: int}
-  steps: {description: How many migrations to roll back (state=rolled_back)., type: int}
-  confirm: {description: Confirms a run the environment's policy asks about (production)., type: bool, default: false}
-  lock_wait: {description: Seconds to wait for another runner's lock., type: float}
+  to:
+    description:
+      - With C(state=migrated), stop after this migration (default the newest).
+      - With C(state=rolled_back), roll back every migration newer than this one (0 rolls back all).
+    type: int
+  steps:
+    description: How many migrations to roll back, newest first (C(state=rolled_back); default 1).
+    type: int
+  confirm:
+    description: Confirms a run the environment's policy asks about (production), like the CLI's C(--yes).
+    type: bool
+    default: false
+  lock_wait:
+    description: Seconds to wait for another runner's lock (default the environment's policy).
+    type: float
+  single_transaction:
+    description: Run the whole plan in one transaction (default the environment's policy).
+    type: bool
 extends_documentation_fragment: [omninode.bridge.bridge]
-author: OmniNode Bridge database operations team
+author: OmniNode Bridge database operations team (@omninode)
 """
 
 EXAMPLES = r"""
@@ -32,40 +48,59 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-head_before: {description: Newest applied migration before the run., type: int, returned: always}
-head_after: {description: Newest applied migration after the run (planned, in check mode)., type: int, returned: always}
-steps: {description: Migrations applied or rolled back (planned, in check mode)., type: list, returned: always}
-backup: {description: The backup taken first (production policy)., type: str, returned: when taken}
+target:
+  description: The environment and database the run reached.
+  type: str
+  returned: success
+  sample: "staging: db.internal:5432/omninode_bridge as bridge_owner"
+head_before:
+  description: Newest applied migration before the run.
+  type: int
+  returned: success
+  sample: 5
+head_after:
+  description: Newest applied migration after the run (planned, in check mode).
+  type: int
+  returned: success
+  sample: 7
+steps:
+  description: Migrations applied or rolled back (planned, in check mode).
+  type: list
+  elements: dict
+  returned: success
+  sample: [{"version": 6, "name": "add_index", "file": "006_add_index.sql", "execution_ms": 12}]
+backup:
+  description: The backup taken first (production policy).
+  type: str
+  returned: when a backup was taken
+  sample: /srv/bridge-db/backups/production/omninode_bridge-20261124T020000Z.dump
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.omninode.bridge.plugins.module_utils.bridge import argument_spec, engine, run
+from ansible_collections.omninode.bridge.plugins.module_utils.bridge import argument_spec, bridge, run
+
+ARGUMENT_SPEC = argument_spec(
+    state=dict(type="str", choices=["migrated", "rolled_back"], default="migrated"),
+    to=dict(type="int"),
+    steps=dict(type="int"),
+    confirm=dict(type="bool", default=False),
+    lock_wait=dict(type="float"),
+    single_transaction=dict(type="bool"),
+)
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=argument_spec(
-            state=dict(type="str", choices=["migrated", "rolled_back"], default="migrated"),
-            to=dict(type="int"),
-            steps=dict(type="int"),
-            confirm=dict(type="bool", default=False),
-            lock_wait=dict(type="float"),
-        ),
-        mutually_exclusive=[("to", "steps")],
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, mutually_exclusive=[("to", "steps")], supports_check_mode=True)
 
     def body():
-        from bridge_db import engine as bridge_engine
-
-        config, target, migrations = engine(module)
         p = module.params
-        common = dict(dry_run=module.check_mode, lock_wait=p["lock_wait"], confirm=lambda question: p["confirm"],
-                      backup_dir=config.backup_folder(target.environment))
+        facade = bridge(module)
+        common = dict(dry_run=module.check_mode, single_transaction=p["single_transaction"],
+                      lock_wait=p["lock_wait"], confirm=lambda _question: p["confirm"])
         if p["state"] == "migrated":
-            result = bridge_engine.migrate(target, migrations, to_version=p["to"], **common)
+            result = facade.migrate(p["to"], **common)
         else:
-            result = bridge_engine.rollback(target, migrations, steps=p["steps"], to_version=p["to"], **common)
+            result = facade.rollback(p["steps"], p["to"], **common)
         output = dict(
             changed=bool(result.steps),
             target=result.target,
@@ -77,11 +112,12 @@ def main():
         )
         if module._diff and result.steps:
             sql = "\n".join(f"-- {s.file}\n{s.sql or ''}" for s in result.steps) if module.check_mode else ""
+            name = facade.target.environment.name  # whose policy applied
             output["diff"] = dict(
                 before=f"head: {result.head_before}\n",
                 after=f"head: {result.head_after}\n" + (f"\n{sql}" if sql else ""),
-                before_header=f"{target.environment.name} schema",
-                after_header=f"{target.environment.name} schema",
+                before_header=f"{name} schema",
+                after_header=f"{name} schema",
             )
         return output
 

@@ -1,5 +1,7 @@
 #!/usr/bin/python
-# Restore a backup of the OmniNode Bridge database.
+# Copyright: OmniNode Bridge database operations team
+# MIT License (see LICENSE)
+"""Restore a backup of the OmniNode Bridge database."""
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -10,12 +12,31 @@ description:
     and compares row counts; with I(overwrite=true) and I(confirm=true) replaces the environment's
     database, keeping the old one renamed.
 options:
-  file: {description: The dump to restore., type: path, required: true}
-  target_db: {description: Database to create (default <db>_restore_<time>)., type: str}
-  overwrite: {description: Replace the environment's database., type: bool, default: false}
-  confirm: {description: Confirms an overwrite., type: bool, default: false}
+  file:
+    description: The dump to restore (its manifest must be beside it).
+    type: path
+    required: true
+  target_db:
+    description: Database to create (default C(<db>_restore_<time>)).
+    type: str
+  overwrite:
+    description: Replace the environment's database (the old one is kept, renamed).
+    type: bool
+    default: false
+  confirm:
+    description: Confirms an overwrite, like the CLI's C(--yes).
+    type: bool
+    default: false
+  jobs:
+    description: Parallel jobs for pg_restore.
+    type: int
+  admin_dsn:
+    description:
+      - Connection with CREATEDB (never logged; default the environment's admin_user).
+      - Falls back to the E(BRIDGE_DB_ADMIN_DSN) environment variable, as the CLI does.
+    type: str
 extends_documentation_fragment: [omninode.bridge.bridge]
-author: OmniNode Bridge database operations team
+author: OmniNode Bridge database operations team (@omninode)
 """
 
 EXAMPLES = r"""
@@ -27,35 +48,53 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-database: {description: The database restored into., type: str, returned: success}
-replaced: {description: The old database, renamed and kept, after an overwrite., type: str, returned: success}
+target:
+  description: The environment's database the backup was restored next to (or over).
+  type: str
+  returned: success
+  sample: "staging: db.internal:5432/omninode_bridge as bridge_owner"
+database:
+  description: The database restored into.
+  type: str
+  returned: success
+  sample: omninode_bridge_restore_20261124T030000Z
+replaced:
+  description: The old database, renamed and kept, after an overwrite.
+  type: str
+  returned: when I(overwrite=true)
+  sample: omninode_bridge_replaced_20261124T030000Z
+row_counts_checked:
+  description: Whether the restored row counts were compared with the manifest's.
+  type: bool
+  returned: when restored
+  sample: true
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.omninode.bridge.plugins.module_utils.bridge import argument_spec, engine, run
+from ansible_collections.omninode.bridge.plugins.module_utils.bridge import ADMIN_DSN, argument_spec, bridge, run
+
+ARGUMENT_SPEC = argument_spec(
+    file=dict(type="path", required=True),
+    target_db=dict(type="str"),
+    overwrite=dict(type="bool", default=False),
+    confirm=dict(type="bool", default=False),
+    jobs=dict(type="int"),
+    admin_dsn=ADMIN_DSN,
+)
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=argument_spec(file=dict(type="path", required=True), target_db=dict(type="str"),
-                                    overwrite=dict(type="bool", default=False),
-                                    confirm=dict(type="bool", default=False)),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
 
     def body():
-        from pathlib import Path
-
-        from bridge_db.backup import restore_backup
-        from bridge_db.connection import admin_target
-
-        _, target, _ = engine(module)
+        p = module.params
+        facade = bridge(module)
         if module.check_mode:
-            return dict(changed=True, database=module.params["target_db"])
-        result = restore_backup(target, admin_target(target), Path(module.params["file"]),
-                                target_db=module.params["target_db"], overwrite=module.params["overwrite"],
-                                confirm=lambda question: module.params["confirm"])
-        return dict(changed=True, **result.as_dict())
+            # resolving the target fails on an unknown environment in check mode too
+            return dict(changed=True, database=p["target_db"], target=facade.target.label)
+        result = facade.restore(p["file"], target_db=p["target_db"], overwrite=p["overwrite"], jobs=p["jobs"],
+                                confirm=lambda _question: p["confirm"], admin_dsn=p["admin_dsn"])
+        return dict(changed=True, target=facade.target.label, **result.as_dict())
 
     module.exit_json(**run(module, body))
 
