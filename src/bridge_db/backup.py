@@ -769,25 +769,24 @@ def _check_can_replace(admin: Target, database: str) -> None:
 
 
 def _swap_databases(admin: Target, current: str, incoming: str, keep_as: str) -> None:
-    """current -> keep_as, incoming -> current; on failure the first rename is undone, and the caller
-    drops the incoming copy."""
+    """current -> keep_as, incoming -> current, and the incoming copy's scratch mark removed, in ONE
+    transaction: a failure, SIGTERM or SIGKILL between the two renames leaves neither (the server rolls
+    back), so the environment's database is never left renamed away; the caller drops the copy."""
 
     def rename(cur, old: str, new: str) -> None:
         cur.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
 
     try:
         with _maintenance(admin) as cur:
-            cur.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(incoming)))
             cur.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
                 (current,),
             )
+            cur.execute("BEGIN")
+            cur.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(incoming)))
             rename(cur, current, keep_as)
-            try:
-                rename(cur, incoming, current)
-            except psycopg2.Error:
-                rename(cur, keep_as, current)
-                raise
+            rename(cur, incoming, current)
+            cur.execute("COMMIT")  # on any exception the connection closes and the server rolls back
     except psycopg2.Error as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BackupFailed(

@@ -1,0 +1,187 @@
+"""Review 10: reproductions of defects the hardening of issue 10 left or introduced, against the real
+server. Each test fails before its fix."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import psycopg2
+import pytest
+
+from bridge_db import backup, engine
+from bridge_db.cli import Terminated
+from bridge_db.discovery import discover_migrations
+from bridge_db.errors import MigrationFailed
+
+from conftest import HEAD, drop_database
+
+
+def _databases(db, pattern: str) -> list[str]:
+    conn = psycopg2.connect(db.admin_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1", (pattern,))
+            return [r[0] for r in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- restore --overwrite's swap
+
+
+def test_sigterm_between_the_two_renames_of_the_overwrite_swap_keeps_the_environments_database(
+    db, migrations, tmp_path, monkeypatch
+):
+    """SIGTERM (or SIGKILL) after `current -> keep_as` and before `incoming -> current`: the
+    environment's database must still be there under its own name, not renamed away with the restored
+    copy dropped."""
+    engine.migrate(db.target(), migrations)
+    made = backup.take_backup(db.target(), tmp_path / "b")
+    real = backup._maintenance
+    renames = []
+
+    class Cursor:
+        def __init__(self, cur):
+            self.cur = cur
+
+        def execute(self, statement, params=None):
+            text = statement.as_string(self.cur) if hasattr(statement, "as_string") else statement
+            if "RENAME TO" in text:
+                renames.append(text)
+                if len(renames) == 2:
+                    raise Terminated()
+            return self.cur.execute(statement, params)
+
+        def __getattr__(self, name):
+            return getattr(self.cur, name)
+
+    @contextmanager
+    def maintenance(admin):
+        with real(admin) as cur:
+            yield Cursor(cur)
+
+    monkeypatch.setattr(backup, "_maintenance", maintenance)
+    try:
+        with pytest.raises(Terminated):
+            backup.restore_backup(db.target(), db.target(), made.path, overwrite=True, confirm=lambda q: True)
+        assert _databases(db, db.name) == [db.name], "the environment's database was renamed away"
+        assert db.query("SELECT count(*) FROM schema_migrations") == [(HEAD,)]
+    finally:
+        for name in _databases(db, db.name + "_%"):
+            drop_database(db.admin_dsn, name)
+
+
+# --------------------------------------------------------------------------- no-transaction files
+
+NO_TX = "-- bridge:no-transaction\n"
+
+
+def _add(folder, number: int, forward: str, rollback: str = "SELECT 1;\n", name: str = "change") -> None:
+    (folder / f"{number:03d}_{name}.sql").write_text(forward)
+    (folder / f"{number:03d}_rollback_{name}.sql").write_text(rollback)
+
+
+def test_a_resumed_no_transaction_file_runs_its_set_statements_again(db, migrations_copy):
+    """SET is allowed in a no-transaction file so that its later statements run with it; a rerun that
+    resumes after the last completed statement skipped the SET, so the rest ran with the default
+    search_path: here on public's table of the same name instead of the intended schema's."""
+    engine.migrate(db.target(), discover_migrations(migrations_copy))
+    db.query(
+        "CREATE SCHEMA review10; CREATE TABLE review10.items (a int, b int); CREATE TABLE public.items (a int, b int)"
+    )
+    db.query("INSERT INTO review10.items VALUES (1, 1), (2, 1)")
+    _add(
+        migrations_copy,
+        7,
+        NO_TX
+        + "SET search_path = review10;\n"
+        + "CREATE INDEX CONCURRENTLY IF NOT EXISTS items_a ON items (a);\n"
+        + "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS items_b ON items (b);\n",
+    )
+    with pytest.raises(MigrationFailed, match="could not create unique index"):
+        engine.migrate(db.target(), discover_migrations(migrations_copy))
+    db.query("DELETE FROM review10.items WHERE a = 2")
+    engine.migrate(db.target(), discover_migrations(migrations_copy))
+    placed = db.query(
+        "SELECT n.nspname, c.relname, x.indisvalid FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname IN ('items_a', 'items_b') ORDER BY 2"
+    )
+    assert placed == [("review10", "items_a", True), ("review10", "items_b", True)]
+
+
+@pytest.mark.parametrize(
+    "index, table",
+    [('"Uq_Items_B"', "items"), ("uq_items_b", "review10.items")],
+    ids=["quoted-mixed-case-name", "schema-qualified-table"],
+)
+def test_an_invalid_index_left_by_a_failed_concurrent_build_is_rebuilt_whatever_its_name(
+    db, migrations_copy, index, table
+):
+    """The invalid index was looked up by its bare, unquoted name: a mixed-case name or a table in
+    another schema was not found, so IF NOT EXISTS skipped the build and the run recorded the migration
+    as applied with the index still INVALID."""
+    engine.migrate(db.target(), discover_migrations(migrations_copy))
+    db.query("CREATE SCHEMA review10; CREATE TABLE review10.items (a int, b int)")
+    db.query("INSERT INTO review10.items VALUES (1, 1), (2, 1)")
+    if "." not in table:
+        db.query("ALTER DATABASE " + db.name + " SET search_path = review10, public")
+    _add(
+        migrations_copy,
+        7,
+        NO_TX + f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {table} (b);\n",
+    )
+    with pytest.raises(MigrationFailed, match="could not create unique index"):
+        engine.migrate(db.target(), discover_migrations(migrations_copy))
+    db.query("DELETE FROM review10.items WHERE a = 2")
+    engine.migrate(db.target(), discover_migrations(migrations_copy))
+    state = db.query(
+        "SELECT x.indisvalid FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid WHERE c.relname = %s",
+        (index.strip('"'),),
+    )
+    assert state == [(True,)], "the migration was recorded as applied with its index INVALID"
+
+
+# --------------------------------------------------------------------------- which database a verb reaches
+
+
+def test_a_dsn_whose_hostaddr_leads_to_another_server_is_not_the_environments_own(tmp_path):
+    """libpq connects to `hostaddr` and uses `host` only for TLS and .pgpass: a DSN with staging's host
+    name and another address reaches another server, yet it got staging's policy (no confirmation for
+    rollback or restore --overwrite) instead of being treated as a foreign database."""
+    from bridge_db.config import load_config
+    from bridge_db.connection import resolve_target
+
+    config = load_config(None)
+    own = "host=staging-db.omninode.internal port=5432 dbname=omninode_bridge user=bridge_migrator"
+    assert not resolve_target(config, "staging", own).foreign
+    elsewhere = resolve_target(config, "staging", own + " hostaddr=192.0.2.7")
+    assert elsewhere.foreign, "a DSN reaching another server by hostaddr was taken for staging's own database"
+
+
+def test_reset_of_the_embedded_environment_does_not_follow_pghostaddr_to_another_server(db, migrations, monkeypatch):
+    """reset skips its confirmation on the embedded dev cluster, which it reaches through its socket;
+    PGHOSTADDR (or a service's hostaddr) makes libpq connect to that address instead, so the unconfirmed
+    reset emptied whatever database of that name the address serves."""
+    from dataclasses import replace
+
+    from bridge_db.errors import RefusedByPolicy
+
+    engine.migrate(db.target(), migrations)
+    (data_directory,) = db.query("SHOW data_directory")[0]
+
+    class Cluster:  # the embedded cluster, as far as reset needs it: this server, through its socket
+        data_dir = data_directory
+
+        def up(self, database=None):
+            raise AssertionError("not started here")
+
+    own = db.target(allow_reset=True)
+    params = {**own.params, "host": "/var/run/postgresql", "port": 5432, "dbname": db.name, "user": "postgres"}
+    embedded = replace(own, dsn=None, params=params, embedded=Cluster())
+    monkeypatch.setenv("PGHOSTADDR", "127.0.0.1")
+    with pytest.raises(RefusedByPolicy):
+        engine.reset_schema(embedded, confirm=None)
+    assert db.query("SELECT count(*) FROM schema_migrations") == [(HEAD,)]
+    monkeypatch.delenv("PGHOSTADDR")
+    engine.reset_schema(embedded, confirm=None)  # through the socket: the embedded cluster, no question
+    assert db.query("SELECT to_regclass('public.schema_migrations')") == [(None,)]
