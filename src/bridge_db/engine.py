@@ -460,6 +460,10 @@ def _run_without_transaction(
     resume_after = read_progress(cur, migration.version, action, sql_file.checksum)
     for number, statement in enumerate(sql_file.statements):
         if number <= resume_after:
+            # A SET before the resume point shapes the statements after it (search_path, work_mem, ...):
+            # the session was reset, so it runs again; SET is repeatable by construction.
+            if statement.kind == "VariableSetStmt":
+                _run_alone(conn, cur, target, action, migration, sql_file, statement, run, started_at, t0)
             continue
         _with_lock_retries(
             target,
@@ -497,17 +501,15 @@ def _run_alone(conn, cur, target, action, migration, sql_file, statement, run, s
     value already added: the statement has done its work)."""
     if _already_done(cur, statement):
         return
-    if statement.concurrent_index and statement.kind == "IndexStmt":
+    if statement.kind == "IndexStmt" and statement.repeat_check and statement.repeat_check[0] == "index exists":
+        # the index's name as PostgreSQL reads it back: quoted, and in its table's schema when that is named
         cur.execute(
-            "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (statement.concurrent_index,)
+            "SELECT indexrelid::regclass::text FROM pg_index WHERE indexrelid = to_regclass(%s) AND NOT indisvalid",
+            (statement.repeat_check[1],),
         )
         row = cur.fetchone()
-        if row and row[0]:
-            cur.execute(
-                psycopg2.sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
-                    psycopg2.sql.Identifier(*statement.concurrent_index.split("."))
-                )
-            )
+        if row:
+            cur.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {row[0]}")  # regclass text: quoted and qualified as needed
     try:
         cur.execute(statement.sql)
     except psycopg2.Error as exc:
