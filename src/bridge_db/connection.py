@@ -142,8 +142,15 @@ def _endpoint(params: dict) -> tuple[str, ...]:
 
     service = value("service", "PGSERVICE")
     user = value("user", "PGUSER") or (_os_login() or "")
-    host = value("host", "PGHOST") or value("hostaddr", "PGHOSTADDR")
-    return (service, host, value("port", "PGPORT", "5432"), value("dbname", "PGDATABASE") or user)
+    # libpq connects to hostaddr when it is given (host then only names the server for TLS and .pgpass):
+    # both are part of where a connection goes, so a DSN with the same host but another address differs.
+    return (
+        service,
+        value("host", "PGHOST"),
+        value("hostaddr", "PGHOSTADDR"),
+        value("port", "PGPORT", "5432"),
+        value("dbname", "PGDATABASE") or user,
+    )
 
 
 def with_database(target: Target, dbname: str) -> Target:

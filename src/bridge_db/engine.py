@@ -7,11 +7,12 @@ one transaction. `rollback()`, `status()` and `verify()` reuse the same pieces.
 
 from __future__ import annotations
 
+import os
 import random
 import shlex
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -20,7 +21,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.sql
 
-from .connection import Target, connect, lost_connection, migration_lock
+from .connection import Target, connect, cursor_for, lost_connection, migration_lock
 from .discovery import Migration, SqlFile
 from .errors import (
     BackupFailed,
@@ -820,6 +821,9 @@ def reset_schema(
             f"reset is refused on environment {target.environment.name!r}: it drops every table",
             "reset is for dev; on other environments roll back with `rollback --to VERSION`",
         )
+    if target.embedded is not None and not _is_embedded_cluster(target):
+        # PGHOSTADDR or a service's hostaddr sent the connection elsewhere: not the cluster, so ask
+        target = replace(target, embedded=None)
     if target.embedded is None:
         database = target.database or "?"
         question = (
@@ -866,6 +870,19 @@ def reset_schema(
         raise _database_error(target, conn, exc) from None
     finally:
         conn.close()
+
+
+def _is_embedded_cluster(target: Target) -> bool:
+    """Whether the connection reaches the embedded cluster itself (its socket, its data directory), and
+    not whatever address PGHOSTADDR or a service's hostaddr names instead of the socket."""
+    try:
+        with cursor_for(target) as cur:
+            cur.execute("SELECT inet_server_addr() IS NULL, current_setting('data_directory')")
+            over_socket, data_directory = cur.fetchone()
+    except psycopg2.Error:
+        return False
+    expected = getattr(target.embedded, "data_dir", None)
+    return bool(over_socket) and expected is not None and os.path.realpath(data_directory) == os.path.realpath(expected)
 
 
 # --------------------------------------------------------------------------- status and verify
