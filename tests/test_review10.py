@@ -185,3 +185,50 @@ def test_reset_of_the_embedded_environment_does_not_follow_pghostaddr_to_another
     monkeypatch.delenv("PGHOSTADDR")
     engine.reset_schema(embedded, confirm=None)  # through the socket: the embedded cluster, no question
     assert db.query("SELECT to_regclass('public.schema_migrations')") == [(None,)]
+
+
+# --------------------------------------------------------------------------- idle sessions
+
+
+def _slow_pg_dump(tmp_path, db, seconds: float):
+    """A BRIDGE_PG_BINDIR whose pg_dump takes `seconds` longer: the time the run's own sessions idle."""
+    from pathlib import Path
+
+    bindir = tmp_path / "slowbin"
+    bindir.mkdir()
+    major = db.query("SELECT current_setting('server_version_num')::int / 10000")[0][0]
+    real = Path(backup.client_tool("pg_dump", major)[0]).parent
+    for tool in ("pg_restore", "pg_dumpall"):
+        (bindir / tool).symlink_to(real / tool)
+    script = bindir / "pg_dump"
+    script.write_text(
+        f'#!/bin/sh\ncase " $* " in *" --version "*) exec {real / "pg_dump"} "$@";; esac\n'
+        f'sleep {seconds}\nexec {real / "pg_dump"} "$@"\n'
+    )
+    script.chmod(0o755)
+    return bindir
+
+
+def test_an_idle_session_timeout_does_not_end_the_session_that_holds_the_migration_lock(
+    db, migrations, tmp_path, monkeypatch
+):
+    """A database (or role) with idle_session_timeout: while the production path's backup runs, the
+    session holding the migration lock idles; the server ends it, the lock goes with it (another runner
+    could start) and the run fails after its backup. The engine's sessions must not idle out."""
+    engine.migrate(db.target(), [m for m in migrations if m.version <= 5])
+    db.query(f"ALTER DATABASE {db.name} SET idle_session_timeout = '1s'")
+    monkeypatch.setenv("BRIDGE_PG_BINDIR", str(_slow_pg_dump(tmp_path, db, 2.5)))
+    target = db.target(backup_before_migrate=True, backup_dir=str(tmp_path / "b"))
+    result = engine.migrate(target, migrations, backup_dir=tmp_path / "b")
+    assert result.backup and len(result.steps) == len(migrations) - 5
+
+
+def test_a_backup_longer_than_idle_in_transaction_session_timeout_succeeds(db, migrations, tmp_path, monkeypatch):
+    """The session that exports pg_dump's snapshot sits idle in its transaction for the whole dump; with
+    idle_in_transaction_session_timeout (common in production) shorter than the dump, the server ended
+    it and every backup longer than that failed at its COMMIT."""
+    engine.migrate(db.target(), migrations)
+    db.query(f"ALTER DATABASE {db.name} SET idle_in_transaction_session_timeout = '1s'")
+    monkeypatch.setenv("BRIDGE_PG_BINDIR", str(_slow_pg_dump(tmp_path, db, 2.5)))
+    made = backup.take_backup(db.target(), tmp_path / "b", verify_restore=True)
+    assert made.manifest.migration_head == HEAD

@@ -28,7 +28,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from .connection import Target, connect, cursor_for, libpq_environment, with_database
+from .connection import NO_IDLE_TIMEOUTS, Target, connect, cursor_for, libpq_environment, with_database
 from .errors import BackupFailed, PrerequisiteMissing, RefusedByPolicy, UsageError
 from .history import applied_head
 
@@ -193,6 +193,7 @@ def take_backup(
                     "current_database()"
                 )
                 version_num, server_version, database = cur.fetchone()
+                cur.execute(NO_IDLE_TIMEOUTS)  # it idles in its snapshot's transaction for the whole dump
                 _remove_stale_partials(folder, database)
                 pg_dump, dump_major = client_tool("pg_dump", version_num // 10000)
                 head = applied_head(cur)
@@ -369,6 +370,7 @@ def _scratch_database(admin: Target, name: str):
     keeper = connect(with_database(admin, "postgres"))
     try:
         with keeper.cursor() as cur:
+            cur.execute(NO_IDLE_TIMEOUTS)  # idle while pg_restore runs: its lock must outlive that
             cur.execute("SELECT pg_advisory_lock(%s)", (_scratch_key(name),))
         _create_database(admin, name)
         mark = (

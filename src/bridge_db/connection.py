@@ -277,6 +277,16 @@ def _safe_dsn_params(dsn: str) -> dict[str, str]:
     return parsed
 
 
+# A session of ours that idles by design (holding the migration lock while a backup runs or a person
+# confirms, exporting pg_dump's snapshot for the whole dump, keeping a scratch database's mark) must not
+# be ended by a database- or role-level idle timeout. Read from pg_settings: PostgreSQL 13 has no
+# idle_session_timeout.
+NO_IDLE_TIMEOUTS = (
+    "SELECT set_config(name, '0', false) FROM pg_settings "
+    "WHERE name IN ('idle_session_timeout', 'idle_in_transaction_session_timeout')"
+)
+
+
 def connect(target: Target, *, start_embedded: bool = True):
     """An autocommit connection (the engine issues BEGIN/COMMIT itself), or ConnectionFailed.
 

@@ -21,7 +21,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.sql
 
-from .connection import Target, connect, cursor_for, lost_connection, migration_lock
+from .connection import NO_IDLE_TIMEOUTS, Target, connect, cursor_for, lost_connection, migration_lock
 from .discovery import Migration, SqlFile
 from .errors import (
     BackupFailed,
@@ -1130,7 +1130,7 @@ def _fresh_session(cur, target: Target, timeouts: str | None = None) -> None:
     policy = target.environment.policy
     local = timeouts == "transaction"
     cur.execute(
-        _RESET_SESSION + "; SELECT "
+        _RESET_SESSION + "; " + NO_IDLE_TIMEOUTS + "; SELECT "
         # psycopg2 reads dates in ISO and sets it at connect when the server's default differs: again here
         "CASE WHEN current_setting('datestyle') NOT LIKE 'ISO%%' THEN set_config('datestyle', 'ISO', false) END"
         + (", set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)" if timeouts else ""),
