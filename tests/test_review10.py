@@ -232,3 +232,17 @@ def test_a_backup_longer_than_idle_in_transaction_session_timeout_succeeds(db, m
     monkeypatch.setenv("BRIDGE_PG_BINDIR", str(_slow_pg_dump(tmp_path, db, 2.5)))
     made = backup.take_backup(db.target(), tmp_path / "b", verify_restore=True)
     assert made.manifest.migration_head == HEAD
+
+
+def test_a_first_run_does_not_skip_a_concurrent_build_because_another_index_has_its_name(db, migrations_copy):
+    """The catalog check that makes a repeat after a kill a no-op ran on every statement of every run:
+    on a first run, CREATE INDEX CONCURRENTLY i ON t (b) was skipped because an index `i` already existed
+    (on another table), and the migration was recorded as applied without its index. PostgreSQL would
+    have refused the statement; only the statement a killed run may have completed may be skipped."""
+    engine.migrate(db.target(), discover_migrations(migrations_copy))
+    db.query("CREATE TABLE review10_a (a int); CREATE TABLE review10_b (b int)")
+    db.query("CREATE INDEX review10_idx ON review10_a (a)")
+    _add(migrations_copy, 7, NO_TX + "CREATE INDEX CONCURRENTLY review10_idx ON review10_b (b);\n")
+    with pytest.raises(MigrationFailed, match="already exists"):
+        engine.migrate(db.target(), discover_migrations(migrations_copy))
+    assert db.query("SELECT count(*) FROM schema_migrations WHERE version = 7") == [(0,)]

@@ -55,7 +55,7 @@ class Statement:
     relations: tuple[str, ...] = ()  # tables the statement names (to find who blocks it)
     repeatable: bool = False  # running it twice changes nothing (allowed in a no-transaction file)
     # What the engine checks before running it in a no-transaction file, so that a repeat is a no-op:
-    # ("index exists", name) | ("index absent", name) | ("enum value exists", type, value)
+    # ("index exists", name, table) | ("index absent", name) | ("enum value exists", type, value)
     repeat_check: tuple[str, ...] | None = None
 
 
@@ -250,7 +250,9 @@ def _describe(node, sql: str, line: int) -> Statement:
         if node.idxname:
             schema = node.relation.schemaname
             name = f"{_quote(schema)}.{_quote(node.idxname)}" if schema else _quote(node.idxname)
-            repeatable, repeat_check = True, ("index exists", name)
+            rel = node.relation
+            table = f"{_quote(rel.schemaname)}.{_quote(rel.relname)}" if rel.schemaname else _quote(rel.relname)
+            repeatable, repeat_check = True, ("index exists", name, table)
     elif isinstance(node, ast.DropStmt) and node.concurrent and node.removeType == enums.ObjectType.OBJECT_INDEX:
         concurrent = ".".join(n.sval for n in node.objects[0])
         repeatable = len(node.objects) == 1

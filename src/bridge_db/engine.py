@@ -1172,7 +1172,12 @@ def _already_done(cur, statement) -> bool:
     if check is None:
         return False
     if check[0] == "index exists":
-        cur.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (check[1],))
+        # built by this statement: valid, and on its table (another table's index of that name means the
+        # statement has not run, and it fails as PostgreSQL says)
+        cur.execute(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s) AND indrelid = to_regclass(%s)",
+            check[1:3],
+        )
         row = cur.fetchone()
         return bool(row and row[0])
     if check[0] == "index absent":
