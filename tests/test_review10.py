@@ -246,3 +246,47 @@ def test_a_first_run_does_not_skip_a_concurrent_build_because_another_index_has_
     with pytest.raises(MigrationFailed, match="already exists"):
         engine.migrate(db.target(), discover_migrations(migrations_copy))
     assert db.query("SELECT count(*) FROM schema_migrations WHERE version = 7") == [(0,)]
+
+
+# --------------------------------------------------------------------------- prune
+
+
+def _fake_backup(folder, database: str, when, environment: str = "test"):
+    import json
+
+    name = f"{database}-{when.strftime(backup.STAMP)}.dump"
+    path = folder / name
+    path.write_bytes(b"fake dump " + name.encode())
+    manifest = backup.BackupManifest(
+        file=name,
+        environment=environment,
+        database=database,
+        format="custom",
+        server_version="15",
+        pg_dump_version="15",
+        migration_head=6,
+        size_bytes=path.stat().st_size,
+        sha256="0" * 64,
+        started_at=when.isoformat(),
+        finished_at=when.isoformat(),
+        duration_s=1.0,
+        verification={"listed": True, "restored": None},
+    )
+    path.with_name(name + backup.MANIFEST_SUFFIX).write_text(json.dumps(manifest.__dict__))
+    return path
+
+
+def test_prune_never_deletes_the_only_backups_of_another_database_in_a_shared_folder(tmp_path):
+    """Two environments whose backup_dir is the same folder (a fixed path, no {env}): retention counted
+    every database's backups together, so staging's eight newer backups made prune delete every backup
+    of production, its newest verified one included."""
+    from datetime import UTC, datetime, timedelta
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    now = datetime.now(UTC).replace(microsecond=0)
+    prod = [_fake_backup(folder, "bridge_prod", now - timedelta(days=40 + i), "production") for i in range(2)]
+    for i in range(8):
+        _fake_backup(folder, "bridge_staging", now - timedelta(hours=i), "staging")
+    deleted = backup.prune(folder, keep_last=7, keep_daily=0, keep_weekly=0)
+    assert prod[0].exists(), f"production's newest verified backup was deleted: {deleted}"

@@ -558,27 +558,33 @@ def _finished(entry: BackupEntry) -> datetime | None:
 def plan_retention(
     entries: list[BackupEntry], keep_last: int, keep_daily: int, keep_weekly: int, now: datetime | None = None
 ) -> tuple[list[BackupEntry], list[BackupEntry]]:
-    """(keep, delete): the newest `keep_last`, the newest of each of the last `keep_daily` days and
-    `keep_weekly` ISO weeks, and always the newest verified backup. Backups without a manifest, or with
-    one that is not trusted, are kept."""
+    """(keep, delete), for each environment's database in the folder: the newest `keep_last`, the newest
+    of each of the last `keep_daily` days and `keep_weekly` ISO weeks, and always the newest verified
+    backup. Backups without a manifest, or with one that is not trusted, are kept."""
     now = now or datetime.now(UTC)
-    good = [e for e in entries if e.manifest and not e.problem]
     keep: set[str] = {e.path for e in entries if not e.manifest or e.problem}
-    keep |= {e.path for e in good[:keep_last]}
-    days_seen: set = set()
-    weeks_seen: set = set()
-    for entry in good:  # newest first
-        when = _finished(entry)
-        day, week = when.date(), when.isocalendar()[:2]
-        if now - when < timedelta(days=keep_daily) and day not in days_seen:
-            days_seen.add(day)
-            keep.add(entry.path)
-        if now - when < timedelta(weeks=keep_weekly) and week not in weeks_seen:
-            weeks_seen.add(week)
-            keep.add(entry.path)
-    verified = [e for e in good if e.state in ("restored", "listed")]
-    if verified:
-        keep.add(verified[0].path)
+    # Each environment's database on its own: a folder shared by several (a backup_dir without {env})
+    # must not let one database's newer backups push out another's, its newest verified one included.
+    groups: dict[tuple[str, str], list[BackupEntry]] = {}
+    for entry in entries:  # newest first
+        if entry.manifest and not entry.problem:
+            groups.setdefault((str(entry.manifest.environment), str(entry.manifest.database)), []).append(entry)
+    for good in groups.values():
+        keep |= {e.path for e in good[:keep_last]}
+        days_seen: set = set()
+        weeks_seen: set = set()
+        for entry in good:  # newest first
+            when = _finished(entry)
+            day, week = when.date(), when.isocalendar()[:2]
+            if now - when < timedelta(days=keep_daily) and day not in days_seen:
+                days_seen.add(day)
+                keep.add(entry.path)
+            if now - when < timedelta(weeks=keep_weekly) and week not in weeks_seen:
+                weeks_seen.add(week)
+                keep.add(entry.path)
+        verified = [e for e in good if e.state in ("restored", "listed")]
+        if verified:
+            keep.add(verified[0].path)
     return [e for e in entries if e.path in keep], [e for e in entries if e.path not in keep]
 
 
