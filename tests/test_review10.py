@@ -290,3 +290,33 @@ def test_prune_never_deletes_the_only_backups_of_another_database_in_a_shared_fo
         _fake_backup(folder, "bridge_staging", now - timedelta(hours=i), "staging")
     deleted = backup.prune(folder, keep_last=7, keep_daily=0, keep_weekly=0)
     assert prod[0].exists(), f"production's newest verified backup was deleted: {deleted}"
+
+
+# --------------------------------------------------------------------------- lock wait
+
+
+def test_a_lock_wait_below_one_millisecond_does_not_wait_forever(db, migrations):
+    """lock_timeout was set to int(seconds * 1000) ms: --lock-wait 0.0004 became lock_timeout = 0,
+    which PostgreSQL reads as 'no limit', so the run waited for ever instead of exiting 4."""
+    import threading
+
+    from bridge_db.connection import LOCK_KEY
+    from bridge_db.errors import LockTimeout
+
+    holder = db.connect()
+    holder.cursor().execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            engine.migrate(db.target(), migrations, lock_wait=0.0004)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(10)
+    holder.close()  # lets a run that waited for ever go on
+    worker.join(30)
+    assert outcome and isinstance(outcome[0], LockTimeout), f"waited more than 10 s for a 0.0004 s lock wait: {outcome}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -210,7 +211,8 @@ def take_backup(
                     f"--file={partial}",
                     f"--snapshot={snapshot}",
                     "--no-password",
-                    f"--lock-wait-timeout={int(policy.lock_wait_seconds * 1000)}",
+                    # at least 1 ms: 0 would mean no limit (a lock_wait_seconds of 0 means do not wait)
+                    f"--lock-wait-timeout={max(1, math.ceil(policy.lock_wait_seconds * 1000))}",
                 ]
                 if fmt == "directory":
                     cmd.append(f"--jobs={jobs}")

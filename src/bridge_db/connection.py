@@ -371,7 +371,8 @@ def migration_lock(conn, wait_seconds: float, on_wait: Callable[[list[dict]], No
             # would cancel it earlier and turn "wait --lock-wait, then exit 4" into a failure.
             cur.execute(
                 "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', '0', false)",
-                (f"{int(wait_seconds * 1000)}ms",),
+                # at least 1 ms: lock_timeout = 0 means no limit at all
+                (f"{max(1, math.ceil(wait_seconds * 1000))}ms",),
             )
             try:
                 cur.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
