@@ -320,3 +320,42 @@ def test_a_lock_wait_below_one_millisecond_does_not_wait_forever(db, migrations)
     holder.close()  # lets a run that waited for ever go on
     worker.join(30)
     assert outcome and isinstance(outcome[0], LockTimeout), f"waited more than 10 s for a 0.0004 s lock wait: {outcome}"
+
+
+# --------------------------------------------------------------------------- configuration ranges
+
+
+@pytest.mark.parametrize(
+    "setting, verb",
+    [
+        ("lock_timeout_ms = 3000000000", "migrate"),  # above PostgreSQL's int range: exit 1 "report it"
+        ("statement_timeout_ms = 99999999999", "migrate"),
+        ("keep_daily = 1000000000", "prune"),  # timedelta overflow: a traceback
+        ("keep_weekly = 200000000", "prune"),
+        ("backup_jobs = 0", "backup"),  # pg_restore refuses it after the whole dump: exit 8
+    ],
+)
+def test_out_of_range_policy_values_are_configuration_errors(db, migrations, tmp_path, setting, verb):
+    from conftest import MIGRATIONS, run_cli
+
+    engine.migrate(db.target(), [m for m in migrations if m.version <= 5])
+    config = tmp_path / "environments.toml"
+    config.write_text(
+        f'[defaults]\nmigrations_dir = "{MIGRATIONS}"\nbackup_dir = "{tmp_path}/b/{{env}}"\n'
+        f'[environments.t]\nhost = "127.0.0.1"\nuser = "postgres"\ndatabase = "{db.name}"\n{setting}\n'
+    )
+    (tmp_path / "b" / "t").mkdir(parents=True)
+    _fake_backup(tmp_path / "b" / "t", db.name, __import__("datetime").datetime.now(__import__("datetime").UTC))
+    args = {"migrate": ["migrate"], "prune": ["prune", "--dry-run"], "backup": ["backup", "--verify-restore"]}[verb]
+    out = run_cli(*args, "--config", str(config), "--env", "t")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert setting.split()[0] in out.stderr
+
+
+@pytest.mark.parametrize("verb", ["backup", "restore"])
+def test_jobs_out_of_range_is_a_usage_error_before_anything_runs(verb):
+    from conftest import run_cli
+
+    args = {"backup": ["backup", "--format", "directory"], "restore": ["restore", "--file", "/nonexistent"]}[verb]
+    out = run_cli(*args, "--jobs", "-3", "--dsn", "host=127.0.0.1 user=postgres dbname=postgres")
+    assert out.returncode == 2 and "--jobs" in out.stderr, out.stderr

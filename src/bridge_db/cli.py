@@ -44,6 +44,20 @@ def seconds(text: str) -> float:
     return value
 
 
+def jobs(text: str) -> int:
+    """Parallel jobs for pg_dump/pg_restore: what backup_jobs allows (checked before any dump is made)."""
+    from .config import RANGES
+
+    low, high = RANGES["backup_jobs"]
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not low <= value <= (high or value):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of jobs from {low} to {high}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -158,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("backup", parents=[common], help="pg_dump into the environment's backup folder, verified")
     p.add_argument("--format", choices=["custom", "directory"], default=None, help="default: backup_format")
-    p.add_argument("--jobs", type=int, default=None, help="parallel jobs for the directory format")
+    p.add_argument("--jobs", type=jobs, default=None, help="parallel jobs for the directory format")
     p.add_argument(
         "--verify-restore",
         action="store_true",
@@ -190,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace the environment's database (asks; the old one is kept, renamed)",
     )
-    p.add_argument("--jobs", type=int, default=None)
+    p.add_argument("--jobs", type=jobs, default=None)
     p.add_argument("--admin-dsn", default=None, help="connection with CREATEDB (default: admin_user)")
 
     p = verbs.add_parser("db", parents=[common], help="the embedded dev database: up, down, status")
