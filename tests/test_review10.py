@@ -359,3 +359,26 @@ def test_jobs_out_of_range_is_a_usage_error_before_anything_runs(verb):
     args = {"backup": ["backup", "--format", "directory"], "restore": ["restore", "--file", "/nonexistent"]}[verb]
     out = run_cli(*args, "--jobs", "-3", "--dsn", "host=127.0.0.1 user=postgres dbname=postgres")
     assert out.returncode == 2 and "--jobs" in out.stderr, out.stderr
+
+
+# --------------------------------------------------------------------------- the migration lock
+
+
+def test_a_migration_that_releases_the_engines_lock_is_not_committed(db, migrations_copy):
+    """pg_advisory_unlock_all() in a migration (a cleanup of the application's own advisory locks)
+    also released bridge-db's migration lock: the run went on unserialised, and a second runner could
+    start beside it. The migration that released it must not be committed, and the run must stop."""
+    engine.migrate(db.target(), discover_migrations(migrations_copy))
+    _add(migrations_copy, 7, "CREATE TABLE review10_a (a int);\nSELECT pg_advisory_unlock_all();\n", name="unlock")
+    _add(
+        migrations_copy,
+        8,
+        "CREATE TABLE review10_b (b int);\n"
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) "
+        "THEN RAISE EXCEPTION 'ran without the migration lock'; END IF; END $$;\n",
+        name="second",
+    )
+    with pytest.raises(MigrationFailed, match="lock"):
+        engine.migrate(db.target(), discover_migrations(migrations_copy))
+    assert db.query("SELECT max(version) FROM schema_migrations") == [(6,)]
+    assert db.query("SELECT to_regclass('review10_a')") == [(None,)]

@@ -21,7 +21,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.sql
 
-from .connection import NO_IDLE_TIMEOUTS, Target, connect, cursor_for, lost_connection, migration_lock
+from .connection import LOCK_KEY, NO_IDLE_TIMEOUTS, Target, connect, cursor_for, lost_connection, migration_lock
 from .discovery import Migration, SqlFile
 from .errors import (
     BackupFailed,
@@ -263,7 +263,7 @@ def _execute(
     conn = connect(target)
     try:
         cur = conn.cursor()
-        _fresh_session(cur, target)
+        _fresh_session(cur, target, locked=False)
         if not dry_run:
             # Parse what is most likely the plan before queueing for the lock: a large file must not keep
             # other runners waiting while it is split. Under the lock the plan is read again; a file that
@@ -480,7 +480,7 @@ def _run_without_transaction(
             transactional=False,
         )
     elapsed = _ms_since(t0)
-    _fresh_session(cur, target)
+    _fresh_session(cur, target, after=migration)
 
     def record() -> None:
         cur.execute("BEGIN")
@@ -623,7 +623,7 @@ def _run_step(conn, cur, target: Target, action: str, migration: Migration, run:
             target,
             migration,
             lambda: (
-                _fresh_session(cur, target, timeouts="transaction"),
+                _fresh_session(cur, target, timeouts="transaction", after=migration),
                 _record_done(cur, run, action, migration, started_at, elapsed),
             ),
         )
@@ -1123,19 +1123,42 @@ _RESET_SESSION = (
 )
 
 
-def _fresh_session(cur, target: Target, timeouts: str | None = None) -> None:
+# Whether this session still holds the migration lock: a migration may have released it
+# (pg_advisory_unlock_all(), pg_advisory_unlock(...)), and then nothing serialises the run any more.
+_HOLDS_LOCK = (
+    "EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted "
+    f"AND classid = {(LOCK_KEY >> 32) & 0xFFFFFFFF} AND objid = {LOCK_KEY & 0xFFFFFFFF} AND objsubid = 1)"
+)
+
+
+def _fresh_session(
+    cur, target: Target, timeouts: str | None = None, locked: bool = True, after: Migration | None = None
+) -> None:
     """The same session state for every migration: settings reset, the login user's identity, then the
     owner role and (for a migration) the policy's timeouts, for the transaction or for the session.
-    One round trip (two with an owner role)."""
+    Under the migration lock (`locked`), also checks that it is still held: a migration that released
+    it (`after`, when known) fails, and its transaction is not committed. One round trip (two with an
+    owner role)."""
     policy = target.environment.policy
     local = timeouts == "transaction"
     cur.execute(
         _RESET_SESSION + "; " + NO_IDLE_TIMEOUTS + "; SELECT "
         # psycopg2 reads dates in ISO and sets it at connect when the server's default differs: again here
-        "CASE WHEN current_setting('datestyle') NOT LIKE 'ISO%%' THEN set_config('datestyle', 'ISO', false) END"
+        "CASE WHEN current_setting('datestyle') NOT LIKE 'ISO%%' THEN set_config('datestyle', 'ISO', false) END, "
+        + (_HOLDS_LOCK if locked else "true")
         + (", set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)" if timeouts else ""),
         (f"{policy.lock_timeout_ms}ms", local, f"{policy.statement_timeout_ms}ms", local) if timeouts else None,
     )
+    if not cur.fetchone()[1]:
+        _rollback_quietly(cur.connection)
+        who = after.label if after else "a migration of this run"
+        raise MigrationFailed(
+            f"{who} released bridge-db's migration lock (pg_advisory_unlock_all() or pg_advisory_unlock of "
+            "its key), so the run was no longer serialised with other runners; it was stopped and that "
+            "migration's transaction was not committed",
+            "release only the application's own advisory locks (pg_advisory_unlock(<its key>)) in migrations, "
+            "then run again",
+        )
     _become_owner(cur, target)
 
 
