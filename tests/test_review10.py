@@ -382,3 +382,35 @@ def test_a_migration_that_releases_the_engines_lock_is_not_committed(db, migrati
         engine.migrate(db.target(), discover_migrations(migrations_copy))
     assert db.query("SELECT max(version) FROM schema_migrations") == [(6,)]
     assert db.query("SELECT to_regclass('review10_a')") == [(None,)]
+
+
+# --------------------------------------------------------------------------- the client tools' connection
+
+
+def test_pg_dump_and_pg_restore_get_every_security_setting_of_the_dsn():
+    """The child tools get the connection through PG* variables, but only 16 keys were mapped: a DSN's
+    channel_binding, require_auth, sslcrl, ssl_min_protocol_version, gssencmode, requirepeer ... were
+    dropped, so pg_dump connected without the protections the engine's own connection had."""
+    from bridge_db.config import load_config
+    from bridge_db.connection import libpq_environment, resolve_target
+
+    settings = {
+        "channel_binding": ("require", "PGCHANNELBINDING"),
+        "require_auth": ("scram-sha-256", "PGREQUIREAUTH"),
+        "sslcrl": ("/etc/ssl/crl.pem", "PGSSLCRL"),
+        "sslcrldir": ("/etc/ssl/crls", "PGSSLCRLDIR"),
+        "ssl_min_protocol_version": ("TLSv1.3", "PGSSLMINPROTOCOLVERSION"),
+        "gssencmode": ("disable", "PGGSSENCMODE"),
+        "requirepeer": ("postgres", "PGREQUIREPEER"),
+        "krbsrvname": ("postgres", "PGKRBSRVNAME"),
+    }
+    dsn = "host=db.example dbname=d user=u sslmode=verify-full " + " ".join(
+        f"{k}={v}" for k, (v, _) in settings.items()
+    )
+    try:
+        target = resolve_target(load_config(None), "staging", dsn)
+    except Exception as exc:  # a libpq too old for a key: that key's check is moot
+        pytest.skip(f"libpq does not know every key: {exc}")
+    env = libpq_environment(target)
+    missing = {k: var for k, (v, var) in settings.items() if env.get(var) != v}
+    assert not missing, f"not passed to pg_dump/pg_restore: {missing}"
