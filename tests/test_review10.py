@@ -414,3 +414,23 @@ def test_pg_dump_and_pg_restore_get_every_security_setting_of_the_dsn():
     env = libpq_environment(target)
     missing = {k: var for k, (v, var) in settings.items() if env.get(var) != v}
     assert not missing, f"not passed to pg_dump/pg_restore: {missing}"
+
+
+# --------------------------------------------------------------------------- what no migration file can run
+
+
+@pytest.mark.parametrize("header", ["", NO_TX], ids=["transactional", "no-transaction"])
+def test_a_statement_no_migration_file_can_run_is_refused_before_the_run_with_one_advice(db, migrations_copy, header):
+    """DETACH PARTITION ... CONCURRENTLY cannot run in a transaction, and a no-transaction file refused it
+    with 'move it to a migration without -- bridge:no-transaction'; there the run applied the earlier
+    migrations and then failed with 'cannot run inside a transaction block' (exit 6): each kind of file
+    sent the user to the other. It is refused before anything runs, with advice that can work."""
+    engine.migrate(db.target(), discover_migrations(migrations_copy))
+    _add(migrations_copy, 7, "CREATE TABLE review10_ok (a int);\n", name="first")
+    _add(migrations_copy, 8, header + "ALTER TABLE p DETACH PARTITION c CONCURRENTLY;\n", name="detach")
+    from bridge_db.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed) as refused:
+        engine.migrate(db.target(), discover_migrations(migrations_copy))
+    assert "without -- bridge:no-transaction" not in refused.value.next_step
+    assert db.query("SELECT max(version) FROM schema_migrations") == [(6,)]
