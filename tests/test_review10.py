@@ -434,3 +434,39 @@ def test_a_statement_no_migration_file_can_run_is_refused_before_the_run_with_on
         engine.migrate(db.target(), discover_migrations(migrations_copy))
     assert "without -- bridge:no-transaction" not in refused.value.next_step
     assert db.query("SELECT max(version) FROM schema_migrations") == [(6,)]
+
+
+# --------------------------------------------------------------------------- concurrent restores
+
+
+def test_a_restore_target_created_meanwhile_by_another_run_is_a_clear_error_and_is_kept(
+    db, migrations, tmp_path, monkeypatch
+):
+    """Two restores into the same name (the default <db>_restore_<second>, or one --target-db): both pass
+    the 'already exists' check, the second waits for the first's scratch lock, then CREATE DATABASE fails:
+    an 'unexpected database error ... report it' (exit 1). It must be the usage error it is, and the
+    other run's database must stay."""
+    from bridge_db.errors import BridgeDbError
+
+    engine.migrate(db.target(), migrations)
+    made = backup.take_backup(db.target(), tmp_path / "b")
+    name = f"{db.name}_other_run"
+    real_exists = backup._database_exists
+
+    def exists_after_the_check(admin, database):
+        found = real_exists(admin, database)
+        drop_database(db.admin_dsn, name)  # (idempotent) then "the other run" creates it, marked as its own
+        conn = psycopg2.connect(db.admin_dsn)
+        conn.autocommit = True
+        conn.cursor().execute(f'CREATE DATABASE "{name}"')
+        conn.close()
+        return found
+
+    monkeypatch.setattr(backup, "_database_exists", exists_after_the_check)
+    try:
+        with pytest.raises(BridgeDbError) as failed:
+            backup.restore_backup(db.target(), db.target(), made.path, target_db=name, confirm=lambda q: True)
+        assert failed.value.exit_code == 2 and name in failed.value.message
+        assert _databases(db, name) == [name]
+    finally:
+        drop_database(db.admin_dsn, name)

@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
@@ -843,6 +844,11 @@ def _create_database(admin: Target, name: str) -> None:
         raise PrerequisiteMissing(
             f"creating database {name} needs CREATEDB ({admin.label})",
             "set admin_user (or --admin-dsn) to a role with CREATEDB",
+        ) from None
+    except psycopg2.errors.DuplicateDatabase:  # created meanwhile, e.g. by a concurrent restore: not ours
+        raise UsageError(
+            f"database {name} already exists (it was created while this run was starting); it was left alone",
+            "choose another --target-db, or run the restore again for a new default name",
         ) from None
 
 
