@@ -470,3 +470,25 @@ def test_a_restore_target_created_meanwhile_by_another_run_is_a_clear_error_and_
         assert _databases(db, name) == [name]
     finally:
         drop_database(db.admin_dsn, name)
+
+
+# --------------------------------------------------------------------------- the backup folder's lock
+
+
+@pytest.mark.parametrize("shape", ["folder", "symlink"])
+@pytest.mark.parametrize("verb", ["prune", "backup"])
+def test_a_lock_file_that_cannot_be_opened_is_exit_8_not_a_traceback(tmp_path, shape, verb):
+    """The backup folder's `.lock` as a folder (or a symlink, which O_CREAT followed out of the folder,
+    creating a file there): IsADirectoryError reached the user as a traceback (exit 1)."""
+    from conftest import run_cli
+
+    folder = tmp_path / "b"
+    folder.mkdir()
+    outside = tmp_path / "elsewhere"
+    if shape == "folder":
+        (folder / ".lock").mkdir()
+    else:
+        (folder / ".lock").symlink_to(outside)
+    out = run_cli(verb, "--dsn", "host=127.0.0.1 user=postgres dbname=postgres", "--backup-dir", str(folder))
+    assert out.returncode == 8 and "Traceback" not in out.stderr and ".lock" in out.stderr, out.stderr
+    assert not outside.exists(), "the lock file's symlink was followed out of the folder"

@@ -980,7 +980,15 @@ def _is_our_name(name: str, database: str, ext: str) -> bool:
 def _folder_lock(folder: Path, wait_seconds: float = 0, on_wait: Callable[[Path, float], None] | None = None):
     """One backup or prune at a time per folder (cron and a person at once). Another holder is
     waited for, at most `wait_seconds`, like the migration lock."""
-    with os.fdopen(os.open(folder / ".lock", os.O_WRONLY | os.O_CREAT, 0o600), "w") as handle:
+    try:
+        fd = os.open(folder / ".lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:  # a folder, a symlink, another user's file of that name
+        raise BackupFailed(
+            f"cannot open the lock file {folder / '.lock'}: {exc.strerror or exc}",
+            "the backup folder's .lock must be a regular file bridge-db may write: remove or fix it, "
+            "or choose another --backup-dir / backup_dir",
+        ) from None
+    with os.fdopen(fd, "w") as handle:
         deadline = time.monotonic() + wait_seconds
         while True:
             try:
