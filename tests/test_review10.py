@@ -492,3 +492,36 @@ def test_a_lock_file_that_cannot_be_opened_is_exit_8_not_a_traceback(tmp_path, s
     out = run_cli(verb, "--dsn", "host=127.0.0.1 user=postgres dbname=postgres", "--backup-dir", str(folder))
     assert out.returncode == 8 and "Traceback" not in out.stderr and ".lock" in out.stderr, out.stderr
     assert not outside.exists(), "the lock file's symlink was followed out of the folder"
+
+
+# --------------------------------------------------------------------------- manifests are data
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("verification", [1]), ("verification", None), ("size_bytes", "abc"), ("database", 5), ("row_counts", "x")],
+)
+@pytest.mark.parametrize("verb", ["backups", "prune", "restore"])
+def test_a_manifest_field_of_the_wrong_type_is_not_a_traceback(tmp_path, field, value, verb):
+    """A manifest is JSON anyone may edit: `verification: [1]` or `null` crashed backups and prune with
+    AttributeError, `size_bytes: "abc"` the listing, `database: 5` the restore (exit 1, tracebacks)."""
+    import json
+    from datetime import UTC, datetime
+
+    from conftest import run_cli
+
+    folder = tmp_path / "b"
+    folder.mkdir()
+    dump = _fake_backup(folder, "postgres", datetime.now(UTC))
+    manifest = dump.with_name(dump.name + backup.MANIFEST_SUFFIX)
+    data = json.loads(manifest.read_text())
+    data[field] = value
+    manifest.write_text(json.dumps(data))
+    args = {
+        "backups": ["backups", "--backup-dir", str(folder)],
+        "prune": ["prune", "--backup-dir", str(folder)],
+        "restore": ["restore", "--file", str(dump)],
+    }[verb]
+    out = run_cli(*args, "--dsn", "host=127.0.0.1 user=postgres dbname=postgres")
+    assert "Traceback" not in out.stderr and out.returncode in (0, 8), out.stderr
+    assert dump.exists()

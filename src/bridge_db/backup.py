@@ -527,6 +527,9 @@ def read_manifest(dump: Path) -> BackupManifest | None:
 def _manifest_problem(dump: Path, manifest: BackupManifest) -> tuple[str | None, bool]:
     """(why the manifest is not trusted, whether it names files that are not its backup's own). A path
     read from a manifest is data: it must be exactly the name this program gives that file."""
+    wrong = _wrong_types(manifest)
+    if wrong:
+        return wrong, False
     if manifest.file != dump.name:
         return f"its file {manifest.file!r} is not {dump.name!r}", True
     # only what this program names and makes: <database>-<UTC stamp>[-N].dump (a file) or .dir (a folder)
@@ -550,6 +553,31 @@ def _manifest_problem(dump: Path, manifest: BackupManifest) -> tuple[str | None,
         if when.tzinfo is None:
             return f"{key} has no time zone", False
     return None, False
+
+
+def _wrong_types(manifest: BackupManifest) -> str | None:
+    """Which field of a manifest (JSON, i.e. data) does not have the type this program writes, if any."""
+
+    def number(value, whole: bool) -> bool:
+        return not isinstance(value, bool) and isinstance(value, int if whole else (int, float))
+
+    for key in ("file", "environment", "database", "format", "sha256", "started_at", "finished_at"):
+        if not isinstance(getattr(manifest, key), str):
+            return f"{key} is not a string"
+    checks = {
+        "size_bytes": number(manifest.size_bytes, True) and manifest.size_bytes >= 0,
+        "duration_s": number(manifest.duration_s, False),
+        "migration_head": manifest.migration_head is None or number(manifest.migration_head, True),
+        "verification": isinstance(manifest.verification, dict),
+        "row_counts": manifest.row_counts is None
+        or (
+            isinstance(manifest.row_counts, dict)
+            and all(isinstance(k, str) and number(v, True) for k, v in manifest.row_counts.items())
+        ),
+        "globals_file": manifest.globals_file is None or isinstance(manifest.globals_file, str),
+    }
+    bad = [key for key, ok in checks.items() if not ok]
+    return f"{bad[0]} has the wrong type" if bad else None
 
 
 def _finished(entry: BackupEntry) -> datetime | None:
@@ -670,6 +698,11 @@ def restore_backup(
     if not dump.exists() or manifest is None:
         raise BackupFailed(
             f"{dump}: not a complete backup (file or manifest missing)", "pick one from `bridge-db backups`"
+        )
+    wrong = _wrong_types(manifest)
+    if wrong:
+        raise BackupFailed(
+            f"{dump.name}: its manifest is not one bridge-db wrote ({wrong})", "pick one from `bridge-db backups`"
         )
     size, digest = _size_and_sha256(dump)
     if digest != manifest.sha256:
