@@ -525,3 +525,18 @@ def test_a_manifest_field_of_the_wrong_type_is_not_a_traceback(tmp_path, field, 
     out = run_cli(*args, "--dsn", "host=127.0.0.1 user=postgres dbname=postgres")
     assert "Traceback" not in out.stderr and out.returncode in (0, 8), out.stderr
     assert dump.exists()
+
+
+# --------------------------------------------------------------------------- dry run
+
+
+def test_a_dry_run_refuses_what_the_real_run_would_refuse(db, migrations_copy):
+    """`migrate --dry-run` (a CI check before deploying) printed a file with a syntax error, or a
+    no-transaction file holding an INSERT, and exited 0; the real run then exits 5."""
+    from bridge_db.errors import ValidationFailed
+
+    engine.migrate(db.target(), discover_migrations(migrations_copy))
+    for body in ("SELEC broken;\n", NO_TX + "INSERT INTO workflow_steps DEFAULT VALUES;\n"):
+        _add(migrations_copy, 7, body)
+        with pytest.raises(ValidationFailed):
+            engine.migrate(db.target(), discover_migrations(migrations_copy), dry_run=True)

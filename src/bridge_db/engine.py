@@ -287,6 +287,7 @@ def _execute(
             )
             files = [m.forward if action == "apply" else m.rollback for m in plan]
             if dry_run:
+                _parse_all(files)  # what the real run would refuse (syntax, file rules), the dry run does too
                 result.steps = [_planned(action, m, f) for m, f in zip(plan, files)]
                 return result
             if not plan:
