@@ -14,6 +14,7 @@ from bridge_db.discovery import discover_migrations
 from bridge_db.errors import MigrationFailed
 
 from conftest import HEAD, drop_database
+from conftest import MIGRATIONS as MIGRATIONS_DIR
 
 
 def _databases(db, pattern: str) -> list[str]:
@@ -540,3 +541,65 @@ def test_a_dry_run_refuses_what_the_real_run_would_refuse(db, migrations_copy):
         _add(migrations_copy, 7, body)
         with pytest.raises(ValidationFailed):
             engine.migrate(db.target(), discover_migrations(migrations_copy), dry_run=True)
+
+
+# --------------------------------------------------------------------------- restore --overwrite reaches the environment's database
+
+
+def test_restore_overwrite_replaces_the_database_the_environments_service_names(
+    db_factory, migrations, tmp_path, monkeypatch
+):
+    """An environment connected through `service` (a documented connection key) has no `database` in
+    environments.toml: restore --overwrite then replaced the database named in the backup's manifest,
+    on that server, instead of the one the environment reaches (refreshing staging from a production
+    backup renamed away whatever database bore production's name)."""
+    from bridge_db.config import load_config
+    from bridge_db.connection import resolve_target
+
+    own, other = db_factory(), db_factory()
+    engine.migrate(other.target(), migrations)
+    made = backup.take_backup(other.target(), tmp_path / "b")  # a backup of `other` (another environment's)
+    services = tmp_path / "pg_service.conf"
+    services.write_text(f"[r10_staging]\nhost=127.0.0.1\nport=5432\nuser=postgres\ndbname={own.name}\n")
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
+    config = tmp_path / "environments.toml"
+    config.write_text('[environments.staging]\nservice = "r10_staging"\n')
+    target = resolve_target(load_config(config), "staging")
+    try:
+        result = backup.restore_backup(target, target, made.path, overwrite=True, confirm=lambda q: True)
+        assert result.database == own.name, f"replaced {result.database}, not the environment's {own.name}"
+        assert _databases(other, other.name) == [other.name]
+    finally:
+        for name in _databases(own, own.name + "_%") + _databases(other, other.name + "_%"):
+            drop_database(own.admin_dsn, name)
+
+
+def test_reset_and_rollback_confirmations_name_the_database_a_service_reaches(db, migrations, tmp_path, monkeypatch):
+    """The confirmation must name the database (issue 10, critical 1): through a service entry it said
+    'database ?'."""
+    from bridge_db.config import load_config
+    from bridge_db.connection import resolve_target
+
+    engine.migrate(db.target(), migrations)
+    services = tmp_path / "pg_service.conf"
+    services.write_text(f"[r10_svc]\nhost=127.0.0.1\nport=5432\nuser=postgres\ndbname={db.name}\n")
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
+    config = tmp_path / "environments.toml"
+    config.write_text(
+        f'[defaults]\nmigrations_dir = "{MIGRATIONS_DIR}"\n'
+        '[environments.shared]\nservice = "r10_svc"\nallow_reset = true\nrequire_confirmation = true\n'
+    )
+    target = resolve_target(load_config(config), "shared")
+    asked: list[str] = []
+
+    def no(question: str) -> bool:
+        asked.append(question)
+        return False
+
+    from bridge_db.errors import RefusedByPolicy
+
+    with pytest.raises(RefusedByPolicy):
+        engine.reset_schema(target, confirm=no)
+    with pytest.raises(RefusedByPolicy):
+        engine.rollback(target, migrations, confirm=no)
+    assert len(asked) == 2 and all(db.name in q for q in asked), asked

@@ -710,7 +710,10 @@ def restore_backup(
             f"{dump.name}: sha256 {digest} does not match the manifest's {manifest.sha256}",
             "the file is damaged or was altered: restore another backup",
         )
-    env_db = target.database or manifest.database
+    # The database the environment reaches: named in its connection, or else (a `service`, libpq's
+    # defaults) as the server says; never the manifest's name, which is another environment's when
+    # refreshing one from another's backup.
+    env_db = target.database or (_reached_database(target) if overwrite else None) or manifest.database
     if overwrite and target_db not in (None, env_db):
         raise UsageError(
             f"--overwrite replaces the environment's database {env_db}, but --target-db names {target_db}",
@@ -764,6 +767,22 @@ def restore_backup(
         round(size / 1e6 / max(elapsed, 1e-6), 1),
         stale_removed=stale,
     )
+
+
+def _reached_database(target: Target) -> str:
+    """current_database() of the target's own connection, for a target whose database name is not
+    written in its connection (a service entry, PGDATABASE, the user name)."""
+    from .errors import ConnectionFailed
+
+    try:
+        with cursor_for(target) as cur:
+            cur.execute("SELECT current_database()")
+            return cur.fetchone()[0]
+    except (ConnectionFailed, psycopg2.Error) as exc:
+        raise UsageError(
+            f"--overwrite: cannot tell which database {target.label} reaches ({getattr(exc, 'message', exc)})",
+            "name the database in the environment (database = ...) or in --dsn, then run again",
+        ) from None
 
 
 def _database_name(base: str, suffix: str) -> str:

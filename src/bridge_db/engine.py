@@ -296,7 +296,8 @@ def _execute(
             if action == "apply":
                 check_required_extensions(cur, plan)
             if policy.require_confirmation or (action == "rollback" and target.foreign):
-                _confirm_plan(confirm, target, action, plan)
+                cur.execute("SELECT current_database()")  # named as the server says (a service, PGDATABASE)
+                _confirm_plan(confirm, target, action, plan, cur.fetchone()[0])
             post_check = None
             if guarded:
                 result.backup = _backup_first(target, backup_dir, run, progress)
@@ -666,15 +667,14 @@ def _check_or_fail(conn, cur, target: Target, action: str, last: Migration, run:
         )
 
 
-def _confirm_plan(confirm, target: Target, action: str, plan: list[Migration]) -> None:
+def _confirm_plan(confirm, target: Target, action: str, plan: list[Migration], database: str) -> None:
     names = ", ".join(m.label for m in plan)
     question = (
         f"{'Apply' if action == 'apply' else 'Roll back'} {len(plan)} migration(s) on database "
-        f"{target.database or '?'} ({target.label}): {names}?"
+        f"{database} ({target.label}): {names}?"
     )
     why = (
-        f"the DSN reaches database {target.database or '?'}, which is not environment "
-        f"{target.environment.name}'s: a rollback there"
+        f"the DSN reaches database {database}, which is not environment {target.environment.name}'s: a rollback there"
         if target.foreign and not target.environment.policy.require_confirmation
         else target.environment.name
     )
@@ -826,7 +826,7 @@ def reset_schema(
         # PGHOSTADDR or a service's hostaddr sent the connection elsewhere: not the cluster, so ask
         target = replace(target, embedded=None)
     if target.embedded is None:
-        database = target.database or "?"
+        database = target.database or _current_database(target)
         question = (
             f"Reset drops every table of database {database} ({target.label}), which is not the embedded dev cluster."
         )
@@ -871,6 +871,13 @@ def reset_schema(
         raise _database_error(target, conn, exc) from None
     finally:
         conn.close()
+
+
+def _current_database(target: Target) -> str:
+    """The database a target reaches when its connection does not name one (a service, PGDATABASE)."""
+    with cursor_for(target) as cur:
+        cur.execute("SELECT current_database()")
+        return cur.fetchone()[0]
 
 
 def _is_embedded_cluster(target: Target) -> bool:
