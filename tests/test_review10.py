@@ -3,6 +3,7 @@ server. Each test fails before its fix."""
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import psycopg2
@@ -603,3 +604,61 @@ def test_reset_and_rollback_confirmations_name_the_database_a_service_reaches(db
     with pytest.raises(RefusedByPolicy):
         engine.rollback(target, migrations, confirm=no)
     assert len(asked) == 2 and all(db.name in q for q in asked), asked
+
+
+# --------------------------------------------------------------------------- an admin connection to another server
+
+
+@pytest.fixture
+def second_server(tmp_path_factory):
+    """A throw-away cluster (trust auth, TCP on 127.0.0.1) on a port of its own: another server."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    bindir = "/usr/lib/postgresql/15/bin"
+    if not os.path.exists(f"{bindir}/initdb") or os.geteuid() != 0:
+        pytest.skip("needs PostgreSQL 15's initdb and root (to run it as postgres)")
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    port = 56320 + worker
+    base = tempfile.mkdtemp(prefix="r10-second-")
+    os.chmod(base, 0o777)
+    data = os.path.join(base, "data")
+
+    def as_postgres(*cmd):
+        return subprocess.run(["runuser", "-u", "postgres", "--", *cmd], check=True, capture_output=True)
+
+    as_postgres(f"{bindir}/initdb", "-A", "trust", "-U", "postgres", "-D", data)
+    as_postgres(
+        f"{bindir}/pg_ctl", "-D", data, "-w", "-l", os.path.join(data, "log"),
+        "-o", f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={base}", "start",
+    )  # fmt: skip
+    try:
+        yield f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+    finally:
+        subprocess.run(["runuser", "-u", "postgres", "--", f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"])
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_restore_overwrite_refuses_an_admin_connection_to_another_server(db, migrations, tmp_path, second_server):
+    """The renames of restore --overwrite run on the admin connection's server: an --admin-dsn (or a
+    leftover $BRIDGE_DB_ADMIN_DSN) to another server replaced that server's database of the same name,
+    under the environment's policy, while the environment's own database stayed as it was."""
+    from bridge_db.connection import admin_target
+    from bridge_db.errors import BridgeDbError
+
+    engine.migrate(db.target(), migrations)
+    made = backup.take_backup(db.target(), tmp_path / "b")
+    conn = psycopg2.connect(second_server)
+    conn.autocommit = True
+    conn.cursor().execute(f'CREATE DATABASE "{db.name}"')  # the other server's database of that name
+    conn.close()
+    admin = admin_target(db.target(), second_server)
+    with pytest.raises(BridgeDbError) as refused:
+        backup.restore_backup(db.target(), admin, made.path, overwrite=True, confirm=lambda q: True)
+    assert refused.value.exit_code == 2, refused.value.message
+    conn = psycopg2.connect(second_server)
+    with conn.cursor() as cur:
+        cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (db.name + "%",))
+        assert [r[0] for r in cur.fetchall()] == [db.name], "the other server's database was swapped out"
+    conn.close()

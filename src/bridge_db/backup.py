@@ -734,6 +734,8 @@ def restore_backup(
         "(the current one is kept, renamed)"
     ):
         raise RefusedByPolicy("restore not confirmed; nothing changed", "answer yes, or pass --yes")
+    if replacing:
+        _check_same_server(target, admin, env_db)
     stale = clean_stale_scratch_databases(admin)
     if replacing:
         _check_can_replace(admin, env_db)
@@ -797,6 +799,34 @@ def _check_database_name(name: str) -> None:
     if not name or len(name.encode()) > 63 or "\0" in name:
         raise UsageError(
             f"invalid database name {name!r}", "use a name of 1 to 63 bytes (any characters PostgreSQL accepts)"
+        )
+
+
+def _server_identity(target: Target) -> int | None:
+    """The cluster's system identifier (pg_control), or None when this role may not read it."""
+    from .errors import ConnectionFailed
+
+    try:
+        with cursor_for(target) as cur:
+            cur.execute("SELECT system_identifier FROM pg_control_system()")
+            return cur.fetchone()[0]
+    except (psycopg2.Error, ConnectionFailed):
+        return None
+
+
+def _check_same_server(target: Target, admin: Target, database: str) -> None:
+    """The renames of --overwrite run on the admin connection's server: it must be the server of the
+    environment's database, never another one that happens to hold a database of that name."""
+    if admin.dsn == target.dsn and admin.params == target.params:
+        return
+    own = _server_identity(target)  # its own connection: the environment's database, as it reaches it
+    theirs = _server_identity(with_database(admin, "postgres"))
+    if own is None or theirs is None or own != theirs:
+        raise UsageError(
+            f"--overwrite: the admin connection ({admin.label}) "
+            + ("reaches another server than" if own and theirs else "cannot be shown to reach the server of")
+            + f" database {database} ({target.label}); nothing was changed",
+            "point --admin-dsn / $BRIDGE_DB_ADMIN_DSN (or admin_user) at the environment's own server",
         )
 
 
