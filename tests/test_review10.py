@@ -662,3 +662,18 @@ def test_restore_overwrite_refuses_an_admin_connection_to_another_server(db, mig
         cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (db.name + "%",))
         assert [r[0] for r in cur.fetchall()] == [db.name], "the other server's database was swapped out"
     conn.close()
+
+
+def test_an_admin_dsn_without_a_database_works_on_the_environments_database(db, migrations):
+    """--admin-dsn "host=... user=postgres" (server and superuser, no dbname) made grant and
+    setup-extensions work on libpq's default database (`postgres`), not the environment's: extensions
+    created and privileges reconciled in the wrong database, the environment's left as it was."""
+    from conftest import run_cli
+
+    engine.migrate(db.target(), migrations)
+    params = psycopg2.extensions.parse_dsn(db.admin_dsn)
+    params.pop("dbname", None)
+    admin = psycopg2.extensions.make_dsn(**params)
+    out = run_cli("setup-extensions", "--check", "--json", "--dsn", db.dsn, "--admin-dsn", admin)
+    assert out.returncode == 0, out.stderr
+    assert "uuid-ossp" in __import__("json").loads(out.stdout)["present"], out.stdout

@@ -221,7 +221,12 @@ def admin_target(target: Target, admin_dsn: str | None = None) -> Target:
     if admin_dsn is None:
         admin_dsn = os.environ.get(ADMIN_DSN_ENV_VAR)
     if admin_dsn is not None:
-        _safe_dsn_params(admin_dsn)
+        given = _safe_dsn_params(admin_dsn)
+        # The same database, through another login: the admin DSN brings server and credentials, the
+        # database stays the target's (an admin DSN without dbname would reach libpq's default, e.g.
+        # `postgres`, and grant or create extensions there).
+        if target.database and given.get("dbname") != target.database:
+            admin_dsn = psycopg2.extensions.make_dsn(admin_dsn, dbname=target.database)
         params: dict[str, object] = {"application_name": APPLICATION_NAME}
         sslmode = target.environment.connection.get("sslmode")
         if sslmode and "sslmode" not in parse_conninfo(admin_dsn):
