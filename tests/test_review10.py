@@ -677,3 +677,24 @@ def test_an_admin_dsn_without_a_database_works_on_the_environments_database(db, 
     out = run_cli("setup-extensions", "--check", "--json", "--dsn", db.dsn, "--admin-dsn", admin)
     assert out.returncode == 0, out.stderr
     assert "uuid-ossp" in __import__("json").loads(out.stdout)["present"], out.stdout
+
+
+def test_a_backup_is_not_cancelled_by_a_database_level_statement_timeout(db, migrations, tmp_path):
+    """ALTER DATABASE ... SET statement_timeout (common in production) applied to the backup's own row
+    counts: a table whose count(*) takes longer (here: it waits 2 s for a lock a migration holds) made
+    every `backup --verify-restore` fail, though pg_dump itself turns the timeout off."""
+    import threading
+
+    engine.migrate(db.target(), migrations)
+    db.query(f"ALTER DATABASE {db.name} SET statement_timeout = '500ms'")
+    holder = db.connect()
+    holder.autocommit = False
+    holder.cursor().execute("LOCK TABLE workflow_steps IN ACCESS EXCLUSIVE MODE")
+    release = threading.Timer(2.0, holder.rollback)
+    release.start()
+    try:
+        made = backup.take_backup(db.target(), tmp_path / "b", verify_restore=True)
+        assert made.manifest.row_counts is not None
+    finally:
+        release.join()
+        holder.close()

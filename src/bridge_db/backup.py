@@ -196,6 +196,7 @@ def take_backup(
                 )
                 version_num, server_version, database = cur.fetchone()
                 cur.execute(NO_IDLE_TIMEOUTS)  # it idles in its snapshot's transaction for the whole dump
+                cur.execute(NO_STATEMENT_TIMEOUT)  # row counts of big tables, as pg_dump's own queries
                 _remove_stale_partials(folder, database)
                 pg_dump, dump_major = client_tool("pg_dump", version_num // 10000)
                 head = applied_head(cur)
@@ -337,6 +338,7 @@ def _restore_into(
             )
             if expected is not None:
                 with cursor_for(target) as cur:
+                    cur.execute(NO_STATEMENT_TIMEOUT)
                     actual = _row_counts(cur)
                 if actual != expected:
                     diff = {
@@ -349,6 +351,10 @@ def _restore_into(
         except BaseException:
             _drop_database(admin, database)
             raise
+
+
+# pg_dump and pg_restore turn statement_timeout off for their sessions; the backup's own sessions too.
+NO_STATEMENT_TIMEOUT = "SELECT set_config('statement_timeout', '0', false)"
 
 
 # --------------------------------------------------------------------------- scratch databases
@@ -909,7 +915,16 @@ def _server_major(target: Target) -> int:
 
 def _maintenance(admin: Target):
     """A cursor on the server's maintenance database, for CREATE/DROP/ALTER DATABASE."""
-    return cursor_for(with_database(admin, "postgres"))
+    return _unlimited(with_database(admin, "postgres"))
+
+
+@contextmanager
+def _unlimited(target: Target):
+    """A cursor whose statements no role- or database-level statement_timeout cancels (CREATE/DROP
+    DATABASE of a large database takes its time), like pg_dump's and pg_restore's own sessions."""
+    with cursor_for(target) as cur:
+        cur.execute(NO_STATEMENT_TIMEOUT)
+        yield cur
 
 
 def _database_exists(admin: Target, name: str) -> bool:
