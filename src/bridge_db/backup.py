@@ -827,11 +827,12 @@ def _check_same_server(target: Target, admin: Target, database: str) -> None:
         return
     own = _server_identity(target)  # its own connection: the environment's database, as it reaches it
     theirs = _server_identity(with_database(admin, "postgres"))
-    if own is None or theirs is None or own != theirs:
+    # unknown on either side (the database is missing, a server that hides pg_control): the checks that
+    # follow decide, as before
+    if own is not None and theirs is not None and own != theirs:
         raise UsageError(
-            f"--overwrite: the admin connection ({admin.label}) "
-            + ("reaches another server than" if own and theirs else "cannot be shown to reach the server of")
-            + f" database {database} ({target.label}); nothing was changed",
+            f"--overwrite: the admin connection ({admin.label}) reaches another server than database "
+            f"{database} ({target.label}); nothing was changed",
             "point --admin-dsn / $BRIDGE_DB_ADMIN_DSN (or admin_user) at the environment's own server",
         )
 
