@@ -698,3 +698,31 @@ def test_a_backup_is_not_cancelled_by_a_database_level_statement_timeout(db, mig
     finally:
         release.join()
         holder.close()
+
+
+# --------------------------------------------------------------------------- the status file
+
+
+@pytest.mark.parametrize("shape", ["fifo", "symlink"])
+def test_the_status_file_never_replaces_something_that_is_not_a_regular_file(tmp_path, shape):
+    """The marker is written beside and renamed over --status-file: a FIFO a monitor reads, a symlink
+    into the monitoring folder (or, as root, a device such as /dev/full) was replaced by a regular file."""
+    import stat as stat_module
+
+    from conftest import run_cli
+
+    status = tmp_path / "status.json"
+    target = tmp_path / "monitoring.json"
+    if shape == "fifo":
+        os.mkfifo(status)
+    else:
+        target.write_text("{}")
+        status.symlink_to(target)
+    before = os.lstat(status)
+    out = run_cli(
+        "backup", "--dsn", "host=127.0.0.1 user=postgres dbname=postgres",
+        "--backup-dir", str(tmp_path / "b"), "--status-file", str(status),
+    )  # fmt: skip
+    after = os.lstat(status)
+    assert stat_module.S_IFMT(after.st_mode) == stat_module.S_IFMT(before.st_mode), "replaced by a regular file"
+    assert out.returncode == 8 and "Traceback" not in out.stderr, out.stderr

@@ -468,6 +468,12 @@ def write_status_marker(
     }
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        # replaced atomically by rename: a device, FIFO or symlink there would be replaced, not written to
+        raise BackupFailed(
+            f"the status file {path} is not a regular file (a symlink, device, FIFO or folder); it was left alone",
+            "point --status-file at a regular file (or a path that does not exist yet)",
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
