@@ -19,15 +19,16 @@ from invoke import Collection, Exit, task
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "src"))  # the checkout's own engine, installed or not
 
-from bridge_db.options import VERB_HELP, Option, for_verb, seconds  # noqa: E402
+from bridge_db.options import VERB_HELP, Option, for_verb, jobs, seconds  # noqa: E402
 
 
 def _typed(option: Option, value: object) -> object:
     """Invoke hands over strings for options without a typed default; the CLI's types apply."""
-    if value is None or option.kind not in ("int", "seconds"):
+    convert = {"int": int, "seconds": seconds, "jobs": jobs}.get(option.kind)
+    if value is None or convert is None:
         return value
     try:
-        return int(str(value)) if option.kind == "int" else seconds(str(value))
+        return convert(str(value))
     except (ValueError, argparse.ArgumentTypeError) as exc:
         from bridge_db.cli import _print_error
         from bridge_db.errors import UsageError

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 import stat
@@ -24,11 +25,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
 from . import pgtools
-from .connection import Target, connect, cursor_for, libpq_environment, with_database
+from .connection import NO_IDLE_TIMEOUTS, Target, connect, cursor_for, libpq_environment, with_database
 from .errors import BackupFailed, PrerequisiteMissing, RefusedByPolicy, UsageError
 from .history import applied_head
 
@@ -159,6 +161,8 @@ def take_backup(
                     "current_database()"
                 )
                 version_num, server_version, database = cur.fetchone()
+                cur.execute(NO_IDLE_TIMEOUTS)  # it idles in its snapshot's transaction for the whole dump
+                cur.execute(NO_STATEMENT_TIMEOUT)  # row counts of big tables, as pg_dump's own queries
                 _remove_stale_partials(folder, database)
                 dump_tool = pgtools.dump_tool("pg_dump", version_num // 10000)
                 pg_dump, dump_major = dump_tool.path, dump_tool.major
@@ -176,7 +180,8 @@ def take_backup(
                     f"--file={partial}",
                     f"--snapshot={snapshot}",
                     "--no-password",
-                    f"--lock-wait-timeout={int(policy.lock_wait_seconds * 1000)}",
+                    # at least 1 ms: 0 would mean no limit (a lock_wait_seconds of 0 means do not wait)
+                    f"--lock-wait-timeout={max(1, math.ceil(policy.lock_wait_seconds * 1000))}",
                 ]
                 if fmt == "directory":
                     cmd.append(f"--jobs={jobs}")
@@ -300,6 +305,7 @@ def _restore_into(
             )
             if expected is not None:
                 with cursor_for(target) as cur:
+                    cur.execute(NO_STATEMENT_TIMEOUT)
                     actual = _row_counts(cur)
                 if actual != expected:
                     diff = {
@@ -312,6 +318,10 @@ def _restore_into(
         except BaseException:
             _drop_database(admin, database)
             raise
+
+
+# pg_dump and pg_restore turn statement_timeout off for their sessions; the backup's own sessions too.
+NO_STATEMENT_TIMEOUT = "SELECT set_config('statement_timeout', '0', false)"
 
 
 # --------------------------------------------------------------------------- scratch databases
@@ -336,6 +346,7 @@ def _scratch_database(admin: Target, name: str):
     keeper = connect(with_database(admin, "postgres"))
     try:
         with keeper.cursor() as cur:
+            cur.execute(NO_IDLE_TIMEOUTS)  # idle while pg_restore runs: its lock must outlive that
             cur.execute("SELECT pg_advisory_lock(%s)", (_scratch_key(name),))
         _create_database(admin, name)
         mark = (
@@ -424,6 +435,12 @@ def write_status_marker(
     }
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        # replaced atomically by rename: a device, FIFO or symlink there would be replaced, not written to
+        raise BackupFailed(
+            f"the status file {path} is not a regular file (a symlink, device, FIFO or folder); it was left alone",
+            "point --status-file at a regular file (or a path that does not exist yet)",
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
@@ -489,6 +506,9 @@ def read_manifest(dump: Path) -> BackupManifest | None:
 def _manifest_problem(dump: Path, manifest: BackupManifest) -> tuple[str | None, bool]:
     """(why the manifest is not trusted, whether it names files that are not its backup's own). A path
     read from a manifest is data: it must be exactly the name this program gives that file."""
+    wrong = _wrong_types(manifest)
+    if wrong:
+        return wrong, False
     if manifest.file != dump.name:
         return f"its file {manifest.file!r} is not {dump.name!r}", True
     # only what this program names and makes: <database>-<UTC stamp>[-N].dump (a file) or .dir (a folder)
@@ -514,6 +534,31 @@ def _manifest_problem(dump: Path, manifest: BackupManifest) -> tuple[str | None,
     return None, False
 
 
+def _wrong_types(manifest: BackupManifest) -> str | None:
+    """Which field of a manifest (JSON, i.e. data) does not have the type this program writes, if any."""
+
+    def number(value, whole: bool) -> bool:
+        return not isinstance(value, bool) and isinstance(value, int if whole else (int, float))
+
+    for key in ("file", "environment", "database", "format", "sha256", "started_at", "finished_at"):
+        if not isinstance(getattr(manifest, key), str):
+            return f"{key} is not a string"
+    checks = {
+        "size_bytes": number(manifest.size_bytes, True) and manifest.size_bytes >= 0,
+        "duration_s": number(manifest.duration_s, False),
+        "migration_head": manifest.migration_head is None or number(manifest.migration_head, True),
+        "verification": isinstance(manifest.verification, dict),
+        "row_counts": manifest.row_counts is None
+        or (
+            isinstance(manifest.row_counts, dict)
+            and all(isinstance(k, str) and number(v, True) for k, v in manifest.row_counts.items())
+        ),
+        "globals_file": manifest.globals_file is None or isinstance(manifest.globals_file, str),
+    }
+    bad = [key for key, ok in checks.items() if not ok]
+    return f"{bad[0]} has the wrong type" if bad else None
+
+
 def _finished(entry: BackupEntry) -> datetime | None:
     if entry.manifest is None or entry.problem:
         return None
@@ -523,28 +568,34 @@ def _finished(entry: BackupEntry) -> datetime | None:
 def plan_retention(
     entries: list[BackupEntry], keep_last: int, keep_daily: int, keep_weekly: int, now: datetime | None = None
 ) -> tuple[list[BackupEntry], list[BackupEntry]]:
-    """(keep, delete): the newest `keep_last`, the newest of each of the last `keep_daily` days and
-    `keep_weekly` ISO weeks, and always the newest verified backup. Backups without a manifest, or with
-    one that is not trusted, are kept."""
+    """(keep, delete), for each environment's database in the folder: the newest `keep_last`, the newest
+    of each of the last `keep_daily` days and `keep_weekly` ISO weeks, and always the newest verified
+    backup. Backups without a manifest, or with one that is not trusted, are kept."""
     now = now or datetime.now(UTC)
-    good = [e for e in entries if e.manifest and not e.problem]
     keep: set[str] = {e.path for e in entries if not e.manifest or e.problem}
-    keep |= {e.path for e in good[:keep_last]}
-    days_seen: set = set()
-    weeks_seen: set = set()
-    for entry in good:  # newest first
-        when = _finished(entry)
-        assert when is not None  # `good` holds only entries with a trusted manifest
-        day, week = when.date(), when.isocalendar()[:2]
-        if now - when < timedelta(days=keep_daily) and day not in days_seen:
-            days_seen.add(day)
-            keep.add(entry.path)
-        if now - when < timedelta(weeks=keep_weekly) and week not in weeks_seen:
-            weeks_seen.add(week)
-            keep.add(entry.path)
-    verified = [e for e in good if e.state in ("restored", "listed")]
-    if verified:
-        keep.add(verified[0].path)
+    # Each environment's database on its own: a folder shared by several (a backup_dir without {env})
+    # must not let one database's newer backups push out another's, its newest verified one included.
+    groups: dict[tuple[str, str], list[BackupEntry]] = {}
+    for entry in entries:  # newest first
+        if entry.manifest and not entry.problem:
+            groups.setdefault((str(entry.manifest.environment), str(entry.manifest.database)), []).append(entry)
+    for good in groups.values():
+        keep |= {e.path for e in good[:keep_last]}
+        days_seen: set = set()
+        weeks_seen: set = set()
+        for entry in good:  # newest first
+            when = _finished(entry)
+            assert when is not None  # `good` holds only entries with a trusted manifest
+            day, week = when.date(), when.isocalendar()[:2]
+            if now - when < timedelta(days=keep_daily) and day not in days_seen:
+                days_seen.add(day)
+                keep.add(entry.path)
+            if now - when < timedelta(weeks=keep_weekly) and week not in weeks_seen:
+                weeks_seen.add(week)
+                keep.add(entry.path)
+        verified = [e for e in good if e.state in ("restored", "listed")]
+        if verified:
+            keep.add(verified[0].path)
     return [e for e in entries if e.path in keep], [e for e in entries if e.path not in keep]
 
 
@@ -628,13 +679,21 @@ def restore_backup(
         raise BackupFailed(
             f"{dump}: not a complete backup (file or manifest missing)", "pick one from `bridge-db backups`"
         )
+    wrong = _wrong_types(manifest)
+    if wrong:
+        raise BackupFailed(
+            f"{dump.name}: its manifest is not one bridge-db wrote ({wrong})", "pick one from `bridge-db backups`"
+        )
     size, digest = _size_and_sha256(dump)
     if digest != manifest.sha256:
         raise BackupFailed(
             f"{dump.name}: sha256 {digest} does not match the manifest's {manifest.sha256}",
             "the file is damaged or was altered: restore another backup",
         )
-    env_db = target.database or manifest.database
+    # The database the environment reaches: named in its connection, or else (a `service`, libpq's
+    # defaults) as the server says; never the manifest's name, which is another environment's when
+    # refreshing one from another's backup.
+    env_db = target.database or (_reached_database(target) if overwrite else None) or manifest.database
     if overwrite and target_db not in (None, env_db):
         raise UsageError(
             f"--overwrite replaces the environment's database {env_db}, but --target-db names {target_db}",
@@ -655,6 +714,8 @@ def restore_backup(
         "(the current one is kept, renamed)"
     ):
         raise RefusedByPolicy("restore not confirmed; nothing changed", "answer yes, or pass --yes")
+    if replacing:
+        _check_same_server(target, admin, env_db)
     stale = clean_stale_scratch_databases(admin)
     if replacing:
         _check_can_replace(admin, env_db)
@@ -692,6 +753,22 @@ def restore_backup(
     )
 
 
+def _reached_database(target: Target) -> str:
+    """current_database() of the target's own connection, for a target whose database name is not
+    written in its connection (a service entry, PGDATABASE, the user name)."""
+    from .errors import ConnectionFailed
+
+    try:
+        with cursor_for(target) as cur:
+            cur.execute("SELECT current_database()")
+            return cur.fetchone()[0]
+    except (ConnectionFailed, psycopg2.Error) as exc:
+        raise UsageError(
+            f"--overwrite: cannot tell which database {target.label} reaches ({getattr(exc, 'message', exc)})",
+            "name the database in the environment (database = ...) or in --dsn, then run again",
+        ) from None
+
+
 def _database_name(base: str, suffix: str) -> str:
     """base + suffix, with base shortened so that the whole fits PostgreSQL's 63 bytes (a longer name
     would be cut silently by the server, and then not be the name we use)."""
@@ -704,6 +781,35 @@ def _check_database_name(name: str) -> None:
     if not name or len(name.encode()) > 63 or "\0" in name:
         raise UsageError(
             f"invalid database name {name!r}", "use a name of 1 to 63 bytes (any characters PostgreSQL accepts)"
+        )
+
+
+def _server_identity(target: Target) -> int | None:
+    """The cluster's system identifier (pg_control), or None when this role may not read it."""
+    from .errors import ConnectionFailed
+
+    try:
+        with cursor_for(target) as cur:
+            cur.execute("SELECT system_identifier FROM pg_control_system()")
+            return cur.fetchone()[0]
+    except (psycopg2.Error, ConnectionFailed):
+        return None
+
+
+def _check_same_server(target: Target, admin: Target, database: str) -> None:
+    """The renames of --overwrite run on the admin connection's server: it must be the server of the
+    environment's database, never another one that happens to hold a database of that name."""
+    if admin.dsn == target.dsn and admin.params == target.params:
+        return
+    own = _server_identity(target)  # its own connection: the environment's database, as it reaches it
+    theirs = _server_identity(with_database(admin, "postgres"))
+    # unknown on either side (the database is missing, a server that hides pg_control): the checks that
+    # follow decide, as before
+    if own is not None and theirs is not None and own != theirs:
+        raise UsageError(
+            f"--overwrite: the admin connection ({admin.label}) reaches another server than database "
+            f"{database} ({target.label}); nothing was changed",
+            "point --admin-dsn / $BRIDGE_DB_ADMIN_DSN (or admin_user) at the environment's own server",
         )
 
 
@@ -739,25 +845,24 @@ def _check_can_replace(admin: Target, database: str) -> None:
 
 
 def _swap_databases(admin: Target, current: str, incoming: str, keep_as: str) -> None:
-    """current -> keep_as, incoming -> current; on failure the first rename is undone, and the caller
-    drops the incoming copy."""
+    """current -> keep_as, incoming -> current, and the incoming copy's scratch mark removed, in ONE
+    transaction: a failure, SIGTERM or SIGKILL between the two renames leaves neither (the server rolls
+    back), so the environment's database is never left renamed away; the caller drops the copy."""
 
     def rename(cur, old: str, new: str) -> None:
         cur.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
 
     try:
         with _maintenance(admin) as cur:
-            cur.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(incoming)))
             cur.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
                 (current,),
             )
+            cur.execute("BEGIN")
+            cur.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(incoming)))
             rename(cur, current, keep_as)
-            try:
-                rename(cur, incoming, current)
-            except psycopg2.Error:
-                rename(cur, keep_as, current)
-                raise
+            rename(cur, incoming, current)
+            cur.execute("COMMIT")  # on any exception the connection closes and the server rolls back
     except psycopg2.Error as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BackupFailed(
@@ -787,7 +892,16 @@ def _server_major(target: Target) -> int:
 
 def _maintenance(admin: Target):
     """A cursor on the server's maintenance database, for CREATE/DROP/ALTER DATABASE."""
-    return cursor_for(with_database(admin, "postgres"))
+    return _unlimited(with_database(admin, "postgres"))
+
+
+@contextmanager
+def _unlimited(target: Target):
+    """A cursor whose statements no role- or database-level statement_timeout cancels (CREATE/DROP
+    DATABASE of a large database takes its time), like pg_dump's and pg_restore's own sessions."""
+    with cursor_for(target) as cur:
+        cur.execute(NO_STATEMENT_TIMEOUT)
+        yield cur
 
 
 def _database_exists(admin: Target, name: str) -> bool:
@@ -804,6 +918,11 @@ def _create_database(admin: Target, name: str) -> None:
         raise PrerequisiteMissing(
             f"creating database {name} needs CREATEDB ({admin.label})",
             "set admin_user (or --admin-dsn) to a role with CREATEDB",
+        ) from None
+    except psycopg2.errors.DuplicateDatabase:  # created meanwhile, e.g. by a concurrent restore: not ours
+        raise UsageError(
+            f"database {name} already exists (it was created while this run was starting); it was left alone",
+            "choose another --target-db, or run the restore again for a new default name",
         ) from None
 
 
@@ -935,7 +1054,15 @@ def _is_our_name(name: str, database: str, ext: str) -> bool:
 def _folder_lock(folder: Path, wait_seconds: float = 0, on_wait: Callable[[Path, float], None] | None = None):
     """One backup or prune at a time per folder (cron and a person at once). Another holder is
     waited for, at most `wait_seconds`, like the migration lock."""
-    with os.fdopen(os.open(folder / ".lock", os.O_WRONLY | os.O_CREAT, 0o600), "w") as handle:
+    try:
+        fd = os.open(folder / ".lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:  # a folder, a symlink, another user's file of that name
+        raise BackupFailed(
+            f"cannot open the lock file {folder / '.lock'}: {exc.strerror or exc}",
+            "the backup folder's .lock must be a regular file bridge-db may write: remove or fix it, "
+            "or choose another --backup-dir / backup_dir",
+        ) from None
+    with os.fdopen(fd, "w") as handle:
         deadline = time.monotonic() + wait_seconds
         while True:
             try:

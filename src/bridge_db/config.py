@@ -65,6 +65,21 @@ class Policy:
 
 POLICY_DEFAULTS: dict[str, object] = {f.name: f.default for f in fields(Policy)}
 
+# What the server, the client tools and Python's dates accept, checked when the file is read: a value
+# outside would fail later, in the middle of a run (a timeout PostgreSQL refuses, a retention window
+# timedelta cannot hold, --jobs=0 after a whole dump).
+_PG_INT_MAX = 2**31 - 1
+RANGES: dict[str, tuple[int, int | None]] = {
+    "lock_timeout_ms": (0, _PG_INT_MAX),
+    "statement_timeout_ms": (0, _PG_INT_MAX),
+    "retry_backoff_ms": (0, _PG_INT_MAX),
+    "lock_retries": (0, 1000),
+    "backup_jobs": (1, 1024),
+    "keep_last": (0, _PG_INT_MAX),
+    "keep_daily": (0, 36500),  # a century of days
+    "keep_weekly": (0, 5200),  # a century of weeks
+}
+
 
 @dataclass(frozen=True)
 class Environment:
@@ -271,6 +286,12 @@ def _typed(path: Path, env: str, key: str, value: Any, default: object = None) -
             raise UsageError(f"{where} must be a finite, non-negative number", f"e.g. {key} = {default}")
         if key == "lock_wait_seconds" and value > MAX_WAIT_SECONDS:
             raise UsageError(f"{where} must be at most {MAX_WAIT_SECONDS}", f"e.g. {key} = {default}")
+        low, high = RANGES.get(key, (0, None))
+        if value < low or (high is not None and value > high):
+            raise UsageError(
+                f"{where} must be from {low} to {high}" if high is not None else f"{where} must be at least {low}",
+                f"e.g. {key} = {default}",
+            )
         value = type(default)(value)
     elif isinstance(default, tuple):
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):

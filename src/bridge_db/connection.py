@@ -164,8 +164,15 @@ def _endpoint(params: dict) -> tuple[str, ...]:
 
     service = value("service", "PGSERVICE")
     user = value("user", "PGUSER") or (_os_login() or "")
-    host = value("host", "PGHOST") or value("hostaddr", "PGHOSTADDR")
-    return (service, host, value("port", "PGPORT", "5432"), value("dbname", "PGDATABASE") or user)
+    # libpq connects to hostaddr when it is given (host then only names the server for TLS and .pgpass):
+    # both are part of where a connection goes, so a DSN with the same host but another address differs.
+    return (
+        service,
+        value("host", "PGHOST"),
+        value("hostaddr", "PGHOSTADDR"),
+        value("port", "PGPORT", "5432"),
+        value("dbname", "PGDATABASE") or user,
+    )
 
 
 def with_database(target: Target, dbname: str) -> Target:
@@ -195,6 +202,26 @@ LIBPQ_ENV = {
     "options": "PGOPTIONS",
     "application_name": "PGAPPNAME",
     "target_session_attrs": "PGTARGETSESSIONATTRS",
+    # every other key libpq reads from the environment: a DSN's security settings reach pg_dump and
+    # pg_restore too, never only the engine's own connection
+    "servicefile": "PGSERVICEFILE",
+    "require_auth": "PGREQUIREAUTH",
+    "channel_binding": "PGCHANNELBINDING",
+    "requiressl": "PGREQUIRESSL",
+    "sslcompression": "PGSSLCOMPRESSION",
+    "sslcertmode": "PGSSLCERTMODE",
+    "sslcrl": "PGSSLCRL",
+    "sslcrldir": "PGSSLCRLDIR",
+    "sslsni": "PGSSLSNI",
+    "sslnegotiation": "PGSSLNEGOTIATION",
+    "requirepeer": "PGREQUIREPEER",
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
+    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
+    "gssencmode": "PGGSSENCMODE",
+    "krbsrvname": "PGKRBSRVNAME",
+    "gsslib": "PGGSSLIB",
+    "gssdelegation": "PGGSSDELEGATION",
+    "load_balance_hosts": "PGLOADBALANCEHOSTS",
 }
 
 
@@ -216,7 +243,12 @@ def admin_target(target: Target, admin_dsn: str | None = None) -> Target:
     if admin_dsn is None:
         admin_dsn = os.environ.get(ADMIN_DSN_ENV_VAR)
     if admin_dsn is not None:
-        _safe_dsn_params(admin_dsn)
+        given = _safe_dsn_params(admin_dsn)
+        # The same database, through another login: the admin DSN brings server and credentials, the
+        # database stays the target's (an admin DSN without dbname would reach libpq's default, e.g.
+        # `postgres`, and grant or create extensions there).
+        if target.database and given.get("dbname") != target.database:
+            admin_dsn = psycopg2.extensions.make_dsn(admin_dsn, dbname=target.database)
         params: dict[str, Any] = {"application_name": APPLICATION_NAME}
         sslmode = target.environment.connection.get("sslmode")
         if sslmode and "sslmode" not in parse_conninfo(admin_dsn):
@@ -290,6 +322,16 @@ def _safe_dsn_params(dsn: str) -> dict[str, str]:
         if key not in parsed and os.environ.get(var):
             parsed[key] = os.environ[var]
     return parsed
+
+
+# A session of ours that idles by design (holding the migration lock while a backup runs or a person
+# confirms, exporting pg_dump's snapshot for the whole dump, keeping a scratch database's mark) must not
+# be ended by a database- or role-level idle timeout. Read from pg_settings: PostgreSQL 13 has no
+# idle_session_timeout.
+NO_IDLE_TIMEOUTS = (
+    "SELECT set_config(name, '0', false) FROM pg_settings "
+    "WHERE name IN ('idle_session_timeout', 'idle_in_transaction_session_timeout')"
+)
 
 
 def connect(target: Target, *, start_embedded: bool = True):
@@ -376,7 +418,8 @@ def migration_lock(conn, wait_seconds: float, on_wait: Callable[[list[dict]], No
             # would cancel it earlier and turn "wait --lock-wait, then exit 4" into a failure.
             cur.execute(
                 "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', '0', false)",
-                (f"{int(wait_seconds * 1000)}ms",),
+                # at least 1 ms: lock_timeout = 0 means no limit at all
+                (f"{max(1, math.ceil(wait_seconds * 1000))}ms",),
             )
             try:
                 cur.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))

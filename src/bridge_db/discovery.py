@@ -55,7 +55,7 @@ class Statement:
     relations: tuple[str, ...] = ()  # tables the statement names (to find who blocks it)
     repeatable: bool = False  # running it twice changes nothing (allowed in a no-transaction file)
     # What the engine checks before running it in a no-transaction file, so that a repeat is a no-op:
-    # ("index exists", name) | ("index absent", name) | ("enum value exists", type, value)
+    # ("index exists", name, table) | ("index absent", name) | ("enum value exists", type, value)
     repeat_check: tuple[str, ...] | None = None
 
 
@@ -180,6 +180,7 @@ class SqlFile:
                 gc.enable()
         for statement in statements:
             self._refuse_transaction_control(statement)
+            self._refuse_never_in_a_transaction(statement)
             if not self.transactional:
                 self._refuse_unrepeatable(statement)
         return statements
@@ -200,6 +201,22 @@ class SqlFile:
                 file=str(self.path),
                 line=statement.line,
             )
+
+    def _refuse_never_in_a_transaction(self, statement: Statement) -> None:
+        """Statements PostgreSQL never runs inside a transaction block and that a no-transaction file
+        may not hold either (a repeat after an interruption would fail or do it twice): no file can run
+        them, so say so before the run, instead of failing mid-run with the opposite advice."""
+        if statement.kind not in NEVER_IN_A_TRANSACTION:
+            return
+        what = " ".join(statement.sql.split()[:2]).upper()
+        raise ValidationFailed(
+            f"{self.path.name}:{statement.line}: {what} ... cannot run inside a transaction, and a "
+            "no-transaction migration may not hold it (it cannot be repeated safely after an interruption)",
+            "run it by hand outside bridge-db, or use a form that runs in a transaction "
+            "(e.g. DETACH PARTITION without CONCURRENTLY)",
+            file=str(self.path),
+            line=statement.line,
+        )
 
     def _refuse_unrepeatable(self, statement: Statement) -> None:
         """A no-transaction file has no atomic progress record: a run killed after a statement but
@@ -239,6 +256,18 @@ class SqlFile:
             ) from None
 
 
+# Statement kinds (see _describe) that PostgreSQL refuses inside a transaction block and that are not
+# safe to repeat: neither kind of migration file can hold them.
+NEVER_IN_A_TRANSACTION = {
+    "DetachPartitionConcurrently",
+    "CreatedbStmt",
+    "DropdbStmt",
+    "AlterSystemStmt",
+    "CreateTableSpaceStmt",
+    "DropTableSpaceStmt",
+}
+
+
 def _describe(node, sql: str, line: int) -> Statement:
     from pglast import ast, enums
 
@@ -250,7 +279,9 @@ def _describe(node, sql: str, line: int) -> Statement:
         if node.idxname:
             schema = node.relation.schemaname
             name = f"{_quote(schema)}.{_quote(node.idxname)}" if schema else _quote(node.idxname)
-            repeatable, repeat_check = True, ("index exists", name)
+            rel = node.relation
+            table = f"{_quote(rel.schemaname)}.{_quote(rel.relname)}" if rel.schemaname else _quote(rel.relname)
+            repeatable, repeat_check = True, ("index exists", name, table)
     elif isinstance(node, ast.DropStmt) and node.concurrent and node.removeType == enums.ObjectType.OBJECT_INDEX:
         concurrent = ".".join(n.sval for n in node.objects[0])
         repeatable = len(node.objects) == 1
@@ -271,7 +302,14 @@ def _describe(node, sql: str, line: int) -> Statement:
             enums.VariableSetKind.VAR_RESET_ALL
         )
     relations = tuple(dict.fromkeys(_relations(node)))
-    return Statement(sql, line, type(node).__name__, concurrent, relations, repeatable, repeat_check)
+    kind = type(node).__name__
+    if isinstance(node, ast.AlterTableStmt) and any(
+        getattr(cmd, "subtype", None) == enums.AlterTableType.AT_DetachPartition
+        and getattr(getattr(cmd, "def_", None), "concurrent", False)
+        for cmd in node.cmds or ()
+    ):
+        kind = "DetachPartitionConcurrently"
+    return Statement(sql, line, kind, concurrent, relations, repeatable, repeat_check)
 
 
 def _quote(identifier: str) -> str:

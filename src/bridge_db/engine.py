@@ -9,11 +9,12 @@ carries what every step shares. status and verify, which only read, are in `insp
 
 from __future__ import annotations
 
+import os
 import random
 import shlex
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
@@ -24,7 +25,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.sql
 
-from .connection import Target, connect, lost_connection, migration_lock
+from .connection import LOCK_KEY, NO_IDLE_TIMEOUTS, Target, connect, cursor_for, lost_connection, migration_lock
 from .discovery import Migration, SqlFile, Statement
 from .errors import (
     BackupFailed,
@@ -225,7 +226,7 @@ def _execute(
     conn = connect(target)
     try:
         cur = conn.cursor()
-        _fresh_session(cur, target)
+        _fresh_session(cur, target, locked=False)
         if not dry_run:
             # Parse what is most likely the plan before queueing for the lock: a large file must not keep
             # other runners waiting while it is split. Under the lock the plan is read again; a file that
@@ -248,6 +249,7 @@ def _execute(
                 run_id=run.run_id,
             )
             if dry_run:
+                _parse_all(direction.file(m) for m in plan)  # what the real run would refuse, the dry run does too
                 result.steps = [_planned(direction, m) for m in plan]
                 return result
             if not plan:
@@ -256,7 +258,8 @@ def _execute(
             if up:
                 check_required_extensions(cur, plan)
             if policy.require_confirmation or (not up and target.foreign):
-                _confirm_plan(confirm, target, direction, plan)
+                cur.execute("SELECT current_database()")  # named as the server says (a service, PGDATABASE)
+                _confirm_plan(confirm, target, direction, plan, cur.fetchone()[0])
             post_check = None
             if guarded:
                 result.backup = _backup_first(target, backup_dir, run, progress)
@@ -432,6 +435,10 @@ def _run_without_transaction(state: RunState, migration: Migration, index: int) 
     resume_after = read_progress(cur, migration.version, direction, sql_file.checksum)
     for number, statement in enumerate(sql_file.statements):
         if number <= resume_after:
+            # A SET before the resume point shapes the statements after it (search_path, work_mem, ...):
+            # the session was reset, so it runs again; SET is repeatable by construction.
+            if statement.kind == "VariableSetStmt":
+                _run_alone(state, cur, attempt, statement)
             continue
         _with_lock_retries(target, migration, partial(_run_alone, state, cur, attempt, statement), state.progress)
         _write_history(
@@ -442,7 +449,7 @@ def _run_without_transaction(state: RunState, migration: Migration, index: int) 
             transactional=False,
         )
     elapsed = _ms_since(attempt.t0)
-    _fresh_session(cur, target)
+    _fresh_session(cur, target, after=migration)
 
     def record() -> None:
         cur.execute("BEGIN")
@@ -464,17 +471,15 @@ def _run_alone(state: RunState, cur, attempt: Attempt, statement: Statement) -> 
     value already added: the statement has done its work)."""
     if _already_done(cur, statement):
         return
-    if statement.concurrent_index and statement.kind == "IndexStmt":
+    if statement.kind == "IndexStmt" and statement.repeat_check and statement.repeat_check[0] == "index exists":
+        # the index's name as PostgreSQL reads it back: quoted, and in its table's schema when that is named
         cur.execute(
-            "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (statement.concurrent_index,)
+            "SELECT indexrelid::regclass::text FROM pg_index WHERE indexrelid = to_regclass(%s) AND NOT indisvalid",
+            (statement.repeat_check[1],),
         )
         row = cur.fetchone()
-        if row and row[0]:
-            cur.execute(
-                psycopg2.sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
-                    psycopg2.sql.Identifier(*statement.concurrent_index.split("."))
-                )
-            )
+        if row:
+            cur.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {row[0]}")  # regclass text: quoted and qualified as needed
     try:
         cur.execute(statement.sql)
     except psycopg2.Error as exc:
@@ -595,7 +600,7 @@ def _run_step(state: RunState, cur, migration: Migration) -> StepResult:
 
 
 def _record_in_engine_session(state: RunState, cur, attempt: Attempt, elapsed: int) -> None:
-    _fresh_session(cur, state.target, timeouts="transaction")
+    _fresh_session(cur, state.target, timeouts="transaction", after=attempt.migration)
     _record_done(state, cur, attempt, elapsed)
 
 
@@ -631,15 +636,14 @@ def _check_or_fail(state: RunState, cur, check: Callable) -> None:
         )
 
 
-def _confirm_plan(confirm, target: Target, direction: Direction, plan: list[Migration]) -> None:
+def _confirm_plan(confirm, target: Target, direction: Direction, plan: list[Migration], database: str) -> None:
     names = ", ".join(m.label for m in plan)
     question = (
         f"{'Apply' if direction is Direction.UP else 'Roll back'} {len(plan)} migration(s) on database "
-        f"{target.database or '?'} ({target.label}): {names}?"
+        f"{database} ({target.label}): {names}?"
     )
     why = (
-        f"the DSN reaches database {target.database or '?'}, which is not environment "
-        f"{target.environment.name}'s: a rollback there"
+        f"the DSN reaches database {database}, which is not environment {target.environment.name}'s: a rollback there"
         if target.foreign and not target.environment.policy.require_confirmation
         else target.environment.name
     )
@@ -787,8 +791,11 @@ def reset_schema(
             f"reset is refused on environment {target.environment.name!r}: it drops every table",
             "reset is for dev; on other environments roll back with `rollback --to VERSION`",
         )
+    if target.embedded is not None and not _is_embedded_cluster(target):
+        # PGHOSTADDR or a service's hostaddr sent the connection elsewhere: not the cluster, so ask
+        target = replace(target, embedded=None)
     if target.embedded is None:
-        database = target.database or "?"
+        database = target.database or _current_database(target)
         question = (
             f"Reset drops every table of database {database} ({target.label}), which is not the embedded dev cluster."
         )
@@ -835,6 +842,26 @@ def reset_schema(
         conn.close()
 
 
+def _current_database(target: Target) -> str:
+    """The database a target reaches when its connection does not name one (a service, PGDATABASE)."""
+    with cursor_for(target) as cur:
+        cur.execute("SELECT current_database()")
+        return cur.fetchone()[0]
+
+
+def _is_embedded_cluster(target: Target) -> bool:
+    """Whether the connection reaches the embedded cluster itself (its socket, its data directory), and
+    not whatever address PGHOSTADDR or a service's hostaddr names instead of the socket."""
+    try:
+        with cursor_for(target) as cur:
+            cur.execute("SELECT inet_server_addr() IS NULL, current_setting('data_directory')")
+            over_socket, data_directory = cur.fetchone()
+    except psycopg2.Error:
+        return False
+    expected = getattr(target.embedded, "data_dir", None)
+    return bool(over_socket) and expected is not None and os.path.realpath(data_directory) == os.path.realpath(expected)
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -858,19 +885,42 @@ _RESET_SESSION = (
 )
 
 
-def _fresh_session(cur, target: Target, timeouts: str | None = None) -> None:
+# Whether this session still holds the migration lock: a migration may have released it
+# (pg_advisory_unlock_all(), pg_advisory_unlock(...)), and then nothing serialises the run any more.
+_HOLDS_LOCK = (
+    "EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted "
+    f"AND classid = {(LOCK_KEY >> 32) & 0xFFFFFFFF} AND objid = {LOCK_KEY & 0xFFFFFFFF} AND objsubid = 1)"
+)
+
+
+def _fresh_session(
+    cur, target: Target, timeouts: str | None = None, locked: bool = True, after: Migration | None = None
+) -> None:
     """The same session state for every migration: settings reset, the login user's identity, then the
     owner role and (for a migration) the policy's timeouts, for the transaction or for the session.
-    One round trip (two with an owner role)."""
+    Under the migration lock (`locked`), also checks that it is still held: a migration that released
+    it (`after`, when known) fails, and its transaction is not committed. One round trip (two with an
+    owner role)."""
     policy = target.environment.policy
     local = timeouts == "transaction"
     cur.execute(
-        _RESET_SESSION + "; SELECT "
+        _RESET_SESSION + "; " + NO_IDLE_TIMEOUTS + "; SELECT "
         # psycopg2 reads dates in ISO and sets it at connect when the server's default differs: again here
-        "CASE WHEN current_setting('datestyle') NOT LIKE 'ISO%%' THEN set_config('datestyle', 'ISO', false) END"
+        "CASE WHEN current_setting('datestyle') NOT LIKE 'ISO%%' THEN set_config('datestyle', 'ISO', false) END, "
+        + (_HOLDS_LOCK if locked else "true")
         + (", set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)" if timeouts else ""),
         (f"{policy.lock_timeout_ms}ms", local, f"{policy.statement_timeout_ms}ms", local) if timeouts else None,
     )
+    if not cur.fetchone()[1]:
+        _rollback_quietly(cur.connection)
+        who = after.label if after else "a migration of this run"
+        raise MigrationFailed(
+            f"{who} released bridge-db's migration lock (pg_advisory_unlock_all() or pg_advisory_unlock of "
+            "its key), so the run was no longer serialised with other runners; it was stopped and that "
+            "migration's transaction was not committed",
+            "release only the application's own advisory locks (pg_advisory_unlock(<its key>)) in migrations, "
+            "then run again",
+        )
     _become_owner(cur, target)
 
 
@@ -907,7 +957,12 @@ def _already_done(cur, statement) -> bool:
     if check is None:
         return False
     if check[0] == "index exists":
-        cur.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (check[1],))
+        # built by this statement: valid, and on its table (another table's index of that name means the
+        # statement has not run, and it fails as PostgreSQL says)
+        cur.execute(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s) AND indrelid = to_regclass(%s)",
+            check[1:3],
+        )
         row = cur.fetchone()
         return bool(row and row[0])
     if check[0] == "index absent":

@@ -101,13 +101,18 @@ EXIT_CODES: list[tuple[int, str]] = [
     (ConnectionFailed.exit_code, "cannot connect to the server, or the connection was lost"),
     (LockTimeout.exit_code, "migration lock not acquired within the configured wait"),
     (ValidationFailed.exit_code, "validation failure: gap, duplicate, edited or missing migration file"),
-    (MigrationFailed.exit_code, "SQL error in a migration (rolled back, no history row written)"),
+    (
+        MigrationFailed.exit_code,
+        "SQL error in a migration (its transaction rolled back, no history row; "
+        "a no-transaction file keeps the statements it completed)",
+    ),
     (PrerequisiteMissing.exit_code, "missing prerequisite: extension, PostgreSQL server binaries"),
     (BackupFailed.exit_code, "backup or restore failed (no partial file kept, earlier backups untouched)"),
     (RefusedByPolicy.exit_code, "refused: policy (e.g. reset outside dev) or confirmation not given"),
     (
         HistoryUnusable.exit_code,
-        "bridge-db's own history tables unusable (another tool's table, privileges); nothing applied",
+        "bridge-db's own history tables unusable (another tool's table, privileges); "
+        "the migration's transaction is not kept",
     ),
     (130, "interrupted (Ctrl-C); the running transaction was rolled back"),
     (143, "terminated (SIGTERM); the running transaction was rolled back"),

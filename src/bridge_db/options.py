@@ -37,6 +37,20 @@ def seconds(text: str) -> float:
     return value
 
 
+def jobs(text: str) -> int:
+    """Parallel jobs for pg_dump/pg_restore: what backup_jobs allows (checked before any dump is made)."""
+    from .config import RANGES
+
+    low, high = RANGES["backup_jobs"]
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not low <= value <= (high or value):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of jobs from {low} to {high}")
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     """One option: its Python name (`dry_run` is `--dry-run` on the command line and in Invoke)."""
@@ -44,7 +58,7 @@ class Option:
     name: str
     verbs: tuple[str, ...]
     help: str
-    kind: str = "str"  # str | int | seconds | flag | path
+    kind: str = "str"  # str | int | seconds | jobs | flag | path
     default: Any = None
     aliases: tuple[str, ...] = ()  # further CLI spellings: "-e", "--url"
     env: str | None = None  # the environment variable read when the option is not given
@@ -186,7 +200,7 @@ OPTIONS: tuple[Option, ...] = (
         "custom (pg_dump -Fc) or directory (-Fd, parallel); default: backup_format",
         choices=("custom", "directory"),
     ),
-    Option("jobs", ("backup", "restore"), "parallel jobs (directory format)", kind="int"),
+    Option("jobs", ("backup", "restore"), "parallel jobs (directory format)", kind="jobs"),
     Option(
         "verify_restore",
         ("backup",),
@@ -257,7 +271,7 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
             kwargs["action"] = "store_true"
             kwargs["default"] = None if o.tristate else False
         else:
-            kwargs["type"] = {"int": int, "seconds": seconds}.get(o.kind, str)
+            kwargs["type"] = {"int": int, "seconds": seconds, "jobs": jobs}.get(o.kind, str)
             kwargs["default"] = o.default
             if o.choices:
                 kwargs["choices"] = list(o.choices)
@@ -283,7 +297,7 @@ def ansible_spec(verbs: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         name = o.ansible_name()
         if name is None or name == CHECK_MODE or not set(o.verbs) & set(verbs):
             continue
-        kind = {"flag": "bool", "seconds": "float", "int": "int", "path": "path"}.get(o.kind, "str")
+        kind = {"flag": "bool", "seconds": "float", "int": "int", "jobs": "int", "path": "path"}.get(o.kind, "str")
         entry: dict[str, Any] = {"type": kind}
         if o.required and not o.positional:
             entry["required"] = True
