@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import psycopg2
 import pytest
 
-from bridge_db import backup, engine
+from bridge_db import backup, engine, pgtools
 from bridge_db.cli import Terminated
 from bridge_db.discovery import discover_migrations
 from bridge_db.errors import MigrationFailed
@@ -194,12 +194,11 @@ def test_reset_of_the_embedded_environment_does_not_follow_pghostaddr_to_another
 
 def _slow_pg_dump(tmp_path, db, seconds: float):
     """A BRIDGE_PG_BINDIR whose pg_dump takes `seconds` longer: the time the run's own sessions idle."""
-    from pathlib import Path
 
     bindir = tmp_path / "slowbin"
     bindir.mkdir()
     major = db.query("SELECT current_setting('server_version_num')::int / 10000")[0][0]
-    real = Path(backup.client_tool("pg_dump", major)[0]).parent
+    real = pgtools.dump_tool("pg_dump", major).path.parent
     for tool in ("pg_restore", "pg_dumpall"):
         (bindir / tool).symlink_to(real / tool)
     script = bindir / "pg_dump"
