@@ -163,7 +163,6 @@ def _print_error(exc: BridgeDbError, as_json: bool) -> None:
         print(f"  next: {exc.next_step}", file=sys.stderr)
 
 
-
 def confirmer(yes: bool) -> Callable[[str], bool]:
     """Ask on a terminal; `--yes` answers for a machine; with neither, refuse and change nothing."""
 

@@ -180,5 +180,3 @@ class _Tee:
 
     def isatty(self) -> bool:
         return self.stream.isatty()
-
-
