@@ -121,6 +121,15 @@ def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Tar
         return Target(policy_env, extra, dsn=dsn, foreign=owner is None, notes=tuple(notes))
 
     params, cluster = _own_params(config, environment)
+    if cluster is None and params.get("host") and not params.get("service") and os.environ.get("PGHOSTADDR"):
+        # libpq connects to PGHOSTADDR instead of the host the environment names (which then only serves
+        # TLS and .pgpass): a variable left in a shell would send production's run to another server
+        # under production's label. An explicit empty hostaddr keeps libpq (and pg_dump) off it.
+        params["hostaddr"] = ""
+        early_notes.append(
+            f"PGHOSTADDR is set but not used: environment {environment.name} names its host "
+            f"({params['host']}); pass --dsn \"host=... hostaddr=...\" to pin an address"
+        )
     ignored = [var for var in LIBPQ_TARGET_VARS if os.environ.get(var)]
     if cluster is not None and ignored:
         early_notes.append(
@@ -160,6 +169,8 @@ def _endpoint(params: dict) -> tuple[str, ...]:
 
     def value(key: str, var: str, default: str = "") -> str:
         v = params.get(key)
+        if v == "" and key == "hostaddr":  # explicitly none: libpq then ignores PGHOSTADDR
+            return ""
         return str(v) if v not in (None, "") else os.environ.get(var, default)
 
     service = value("service", "PGSERVICE")
@@ -234,6 +245,8 @@ def libpq_environment(target: Target) -> dict[str, str]:
     for key, value in params.items():
         if key in LIBPQ_ENV and value not in (None, ""):
             env[LIBPQ_ENV[key]] = str(value)
+        elif key == "hostaddr" and value == "":  # explicitly none, as for the engine's own connection
+            env.pop(LIBPQ_ENV[key], None)
     return env
 
 

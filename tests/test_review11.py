@@ -1,0 +1,51 @@
+"""Review 11: reproductions of defects in the facade/option table (issue 11) and the package mode,
+client-tool choice and PostgreSQL builds (issue 12). Each test fails before its fix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import psycopg2
+
+from bridge_db.config import parse_config
+from bridge_db.connection import connect, libpq_environment, resolve_target
+
+from conftest import CONFIG
+
+# --------------------------------------------------------------------------- PG* variables in a project
+
+
+def test_pghostaddr_does_not_send_a_named_environment_to_another_server(db, monkeypatch):
+    """An environment that names its host connected wherever a stray PGHOSTADDR pointed (libpq prefers
+    hostaddr and keeps `host` only for TLS and .pgpass), under the environment's own label and policy,
+    without a word; pg_dump inherited it too."""
+    params = psycopg2.extensions.parse_dsn(db.dsn)
+    config = parse_config(
+        {"environments": {"production": {"host": "127.0.0.1", "port": int(params.get("port", 5432)),
+                                         "database": db.name, "user": params.get("user", "postgres")}}},
+        CONFIG,
+    )  # fmt: skip
+    monkeypatch.setenv("PGHOSTADDR", "192.0.2.1")  # TEST-NET-1: nothing answers there
+    target = resolve_target(config, "production")
+    assert any("PGHOSTADDR" in note for note in target.notes), "PGHOSTADDR was neither used openly nor refused"
+    conn = connect(target)  # reaches 127.0.0.1, the environment's host
+    conn.close()
+    assert "PGHOSTADDR" not in libpq_environment(target), "pg_dump would still follow PGHOSTADDR"
+
+
+# --------------------------------------------------------------------------- odd working folders
+
+
+def test_a_working_folder_that_no_longer_exists_is_an_error_not_a_traceback(tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = (
+        "import os, sys; os.chdir(sys.argv[1]); os.rmdir(sys.argv[1]); "
+        "from bridge_db.cli import main; sys.exit(main(['status']))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_DB_", "DATABASE_URL"))}
+    result = subprocess.run([sys.executable, "-c", code, str(gone)], capture_output=True, text=True, env=env)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2, result.stderr
