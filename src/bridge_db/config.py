@@ -130,6 +130,17 @@ class Config:
             ) from None
 
 
+def working_folder() -> Path:
+    """The working folder; one deleted under a running shell is a usage error, not a traceback."""
+    try:
+        return Path.cwd()
+    except OSError as exc:
+        raise UsageError(
+            f"the working folder cannot be read ({exc.strerror or exc})",
+            "cd into an existing folder (the project, or any folder when using --dsn/--url/$DATABASE_URL)",
+        ) from None
+
+
 def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
     """--config, else $BRIDGE_DB_CONFIG, else environments.toml in the working folder or a parent,
     else the one in the checkout this package was installed from (editable install); else None."""
@@ -139,7 +150,7 @@ def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
         if not path.is_file():
             raise UsageError(f"config file not found: {path}", "pass an existing file to --config")
         return path
-    here = Path.cwd()
+    here = working_folder()
     for folder in (here, *here.parents):
         if (folder / CONFIG_FILE_NAME).is_file():
             return folder / CONFIG_FILE_NAME
@@ -161,8 +172,8 @@ def builtin_config() -> Config:
     """The configuration without a file: see Config.builtin."""
     environment = Environment(name=BUILTIN_ENVIRONMENT, connection={"connect_timeout": 10}, policy=Policy())
     return Config(
-        path=Path.cwd() / CONFIG_FILE_NAME,
-        project_root=Path.cwd(),
+        path=working_folder() / CONFIG_FILE_NAME,
+        project_root=working_folder(),
         migrations_dir=packaged_migrations(),
         environments={BUILTIN_ENVIRONMENT: environment},
         builtin=True,
