@@ -9,10 +9,11 @@ import sys
 
 import psycopg2
 
+from bridge_db import pgtools
 from bridge_db.config import parse_config
 from bridge_db.connection import connect, libpq_environment, resolve_target
 
-from conftest import CONFIG
+from conftest import CONFIG, run_cli
 
 # --------------------------------------------------------------------------- PG* variables in a project
 
@@ -49,3 +50,32 @@ def test_a_working_folder_that_no_longer_exists_is_an_error_not_a_traceback(tmp_
     result = subprocess.run([sys.executable, "-c", code, str(gone)], capture_output=True, text=True, env=env)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 2, result.stderr
+
+
+# --------------------------------------------------------------------------- client tools on the machine
+
+
+def test_a_symlink_loop_on_path_is_skipped_not_a_traceback(tmp_path, monkeypatch):
+    loop = tmp_path / "loop"
+    loop.mkdir()
+    (loop / "pg_dump").symlink_to("pg_dump")
+    monkeypatch.setenv("PATH", os.pathsep.join([str(loop), "/usr/bin", "/bin"]))
+    pgtools.available("pg_dump")  # RuntimeError("Symlink loop") escaped to the user
+    result = run_cli("tools", "list", env={"PATH": os.environ["PATH"]})
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_pg_dump_planted_in_a_world_writable_folder_late_on_path_is_not_chosen(tmp_path, monkeypatch):
+    """The shell runs the first pg_dump on PATH; pgtools looks at every folder and prefers the server's
+    major in search order, so a world-writable folder anywhere on PATH could supply the pg_dump that
+    root's backups run (and `--version` ran every candidate found there)."""
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    fake = planted / "pg_dump"
+    fake.write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 15.99'\n")
+    fake.chmod(0o755)
+    planted.chmod(0o777)
+    monkeypatch.delenv(pgtools.BINDIR_ENV, raising=False)
+    monkeypatch.setenv("BRIDGE_DB_PG_CACHE", str(tmp_path / "no-cache"))
+    monkeypatch.setenv("PATH", os.pathsep.join(["/usr/bin", "/bin", str(planted), "/usr/lib/postgresql/15/bin"]))
+    assert pgtools.dump_tool("pg_dump", 15).path != fake

@@ -56,15 +56,26 @@ def available(name: str) -> list[Tool]:
         path = folder / name
         try:
             real = path.resolve(strict=True)
-        except OSError:
+        except (OSError, RuntimeError):  # missing, unreadable, or a symlink loop (RuntimeError before 3.13)
             continue
         if real in seen or not (real.is_file() and os.access(real, os.X_OK)) or real.name == "pg_wrapper":
             continue  # Debian's /usr/bin/pg_dump is pg_wrapper, which picks a version itself
+        if _writable_by_anyone(real) or _writable_by_anyone(path.parent):
+            continue  # every folder is searched, not only the first: a planted binary must not win
         seen.add(real)
         major = _major_of(str(path))
         if major is not None:
             tools.append(Tool(major, path))
     return tools
+
+
+def _writable_by_anyone(path: Path) -> bool:
+    """World-writable, and not a sticky folder (whose files only their owners may replace)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return True
+    return bool(mode & 0o002) and not (path.is_dir() and mode & 0o1000)
 
 
 def dump_tool(name: str, server_major: int) -> Tool:
