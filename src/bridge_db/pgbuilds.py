@@ -66,6 +66,9 @@ def cached(major: int, cache: Path | None = None) -> Build | None:
         meta = json.loads((root / MARKER).read_text())
     except (OSError, ValueError):
         return None
+    # the marker is data on disk: one of another shape (or a half-written one) is no build, not a traceback
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(k), str) for k in ("version", "source", "sha256")):
+        return None
     return Build(major, meta["version"], root, meta["source"], meta["sha256"])
 
 
@@ -86,6 +89,11 @@ def fetch(major: int, cache: Path | None = None) -> Build:
     found = cached(major, cache)
     if found:
         return found
+    if (cache / str(major)).exists():  # left by hand, or its marker damaged: say so before downloading
+        raise PrerequisiteMissing(
+            f"{cache / str(major)} exists but holds no build (its {MARKER} is missing or malformed)",
+            f"remove {cache / str(major)} and run `bridge-db tools install {major}` again",
+        )
     os.chmod(cache, 0o755)
     with tempfile.TemporaryDirectory(dir=cache, prefix=f".fetch-{major}-") as work:
         work_dir = Path(work)
@@ -105,7 +113,10 @@ def fetch(major: int, cache: Path | None = None) -> Build:
         target = cache / str(major)
         if target.exists():  # another process won the race; theirs is as good as ours
             return cached(major, cache) or _fail(major, f"{target} exists but holds no build")
-        staging.rename(target)
+        try:
+            staging.rename(target)
+        except OSError:  # another process renamed its build in between exists() and here
+            return cached(major, cache) or _fail(major, f"{target} exists but holds no build")
     return cached(major, cache) or _fail(major, "the unpacked build has no marker")
 
 
