@@ -18,7 +18,7 @@ from bridge_db.config import parse_config
 from bridge_db.connection import connect, libpq_environment, resolve_target
 from bridge_db.errors import PrerequisiteMissing
 
-from conftest import CONFIG, run_cli
+from conftest import CONFIG, ROOT, run_cli
 
 # --------------------------------------------------------------------------- PG* variables in a project
 
@@ -183,3 +183,32 @@ def test_invoke_refuses_a_value_outside_an_options_choices_as_the_cli_does(tmp_p
     task = _invoke("tools", "--action", "bogus", env=env)
     assert (cli.returncode, task.returncode) == (2, 2), task.stdout + task.stderr
     assert "invalid choice" in task.stderr
+
+
+# --------------------------------------------------------------------------- playbooks
+
+
+def test_staging_migrate_honours_the_one_confirmation_variable(db, tmp_path):
+    """`-e bridge_confirm=true` (what `invoke deploy --confirm` sets) is the one confirmation variable,
+    but only prod_migrate.yml and rollback.yml passed it on: an environment whose policy asks
+    (require_confirmation) could not be migrated by staging_migrate.yml or dev_migrate.yml at all."""
+    from test_playbooks import _playbook
+
+    params = psycopg2.extensions.parse_dsn(db.dsn)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "migrations").symlink_to(ROOT / "migrations")
+    (project / "environments.toml").write_text(
+        "[environments.staging]\n"
+        f'host = "{params.get("host", "127.0.0.1")}"\nport = {int(params.get("port", 5432))}\n'
+        f'database = "{db.name}"\nuser = "{params.get("user", "postgres")}"\nrequire_confirmation = true\n'
+    )
+    inventory = tmp_path / "inventory"
+    inventory.mkdir()
+    (inventory / "bridge.yml").write_text(
+        f"plugin: omninode.bridge.environments\nproject_dir: {project}\nenvironments: [staging]\ngroup: staging\n"
+    )
+    (inventory / "group_vars").symlink_to(ROOT / "inventories" / "staging" / "group_vars")
+    out = _playbook("-i", str(inventory), "playbooks/staging_migrate.yml", "-e", "bridge_confirm=true")
+    assert out.returncode == 0, out.stdout[-2000:]
+    assert db.query("SELECT count(*) FROM schema_migrations")[0][0] > 0
