@@ -212,3 +212,21 @@ def test_staging_migrate_honours_the_one_confirmation_variable(db, tmp_path):
     out = _playbook("-i", str(inventory), "playbooks/staging_migrate.yml", "-e", "bridge_confirm=true")
     assert out.returncode == 0, out.stdout[-2000:]
     assert db.query("SELECT count(*) FROM schema_migrations")[0][0] > 0
+
+
+# --------------------------------------------------------------------------- the default environment
+
+
+def test_a_config_without_dev_does_not_default_to_its_first_environment(db, tmp_path):
+    """--env's help, docs/install.md and every release before say: $BRIDGE_DB_ENV, else dev. Issue 12
+    made it the file's first environment when there is no dev: `bridge-db rollback` without --env in a
+    project that lists production first reached production."""
+    params = psycopg2.extensions.parse_dsn(db.dsn)
+    (tmp_path / "environments.toml").write_text(
+        "[environments.production]\n"
+        f'host = "{params.get("host", "127.0.0.1")}"\nport = {int(params.get("port", 5432))}\n'
+        f'database = "{db.name}"\nuser = "{params.get("user", "postgres")}"\n'
+    )
+    (tmp_path / "migrations").symlink_to(ROOT / "migrations")
+    out = run_cli("status", cwd=tmp_path)
+    assert out.returncode == 2 and "unknown environment 'dev'" in out.stderr, out.stdout + out.stderr

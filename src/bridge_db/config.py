@@ -102,7 +102,9 @@ class Config:
 
     @property
     def default_environment(self) -> str:
-        return "dev" if "dev" in self.environments or not self.environments else next(iter(self.environments))
+        # without a file, its one environment; with one, dev as always: never whichever environment the
+        # file happens to list first (which may be production) for a command run without --env
+        return BUILTIN_ENVIRONMENT if self.builtin else "dev"
 
     def backup_folder(self, environment: Environment) -> Path:
         """backup_dir with {env} filled in, relative to the project root unless absolute."""
