@@ -230,3 +230,18 @@ def test_a_config_without_dev_does_not_default_to_its_first_environment(db, tmp_
     (tmp_path / "migrations").symlink_to(ROOT / "migrations")
     out = run_cli("status", cwd=tmp_path)
     assert out.returncode == 2 and "unknown environment 'dev'" in out.stderr, out.stdout + out.stderr
+
+
+def test_without_a_config_and_without_any_connection_setting_nothing_is_migrated(tmp_path, monkeypatch):
+    """Package mode with a forgotten `export DATABASE_URL`: libpq's defaults (the local socket, a
+    database named after the OS user) were migrated silently; the target read "(default socket):5432/?"."""
+    from bridge_db.config import builtin_config
+    from bridge_db.errors import UsageError
+
+    for var in ("BRIDGE_DB_DSN", "DATABASE_URL", "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="no database given"):
+        resolve_target(builtin_config(), "default")
+    monkeypatch.setenv("PGDATABASE", "somewhere")  # a libpq variable names it: used, as documented
+    assert resolve_target(builtin_config(), "default").environment.name == "default"

@@ -120,6 +120,14 @@ def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Tar
             notes.append(f"the DSN's sslmode={parsed['sslmode']} replaces {policy_env.name}'s sslmode={env_sslmode}")
         return Target(policy_env, extra, dsn=dsn, foreign=owner is None, notes=tuple(notes))
 
+    if config.builtin and not any(os.environ.get(var) for var in LIBPQ_TARGET_VARS):
+        # no file, no DSN, no URL, no PG* variable: libpq would pick the local socket and a database named
+        # after the OS user, and a forgotten `export DATABASE_URL` would migrate that one
+        raise UsageError(
+            f"no database given: there is no {config.path.name} here or above, and neither --dsn/--url, "
+            f"${DSN_ENV_VAR}, ${URL_ENV_VAR} nor a PGHOST/PGDATABASE/PGSERVICE variable names one",
+            f'pass --url "postgresql://USER@HOST:PORT/DATABASE", set {URL_ENV_VAR}, or run inside a project',
+        )
     params, cluster = _own_params(config, environment)
     if cluster is None and params.get("host") and not params.get("service") and os.environ.get("PGHOSTADDR"):
         # libpq connects to PGHOSTADDR instead of the host the environment names (which then only serves
