@@ -245,3 +245,28 @@ def test_without_a_config_and_without_any_connection_setting_nothing_is_migrated
         resolve_target(builtin_config(), "default")
     monkeypatch.setenv("PGDATABASE", "somewhere")  # a libpq variable names it: used, as documented
     assert resolve_target(builtin_config(), "default").environment.name == "default"
+
+
+def test_package_mode_rollback_asks_whether_pg_variables_or_a_url_name_the_database(db, migrations, monkeypatch, tmp_path):
+    """Without a config, `DATABASE_URL=... bridge-db rollback` asked first (no terminal: exit 9), but
+    `PGHOST=... PGDATABASE=... bridge-db rollback` rolled the same database back unasked, and its
+    target read "default: (default socket):5432/?"."""
+    from bridge_db import engine
+    from bridge_db.config import builtin_config
+    from bridge_db.errors import RefusedByPolicy
+
+    engine.migrate(db.target(), migrations)
+    params = psycopg2.extensions.parse_dsn(db.dsn)
+    for var in ("BRIDGE_DB_DSN", "DATABASE_URL", "PGHOSTADDR", "PGSERVICE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PGDATABASE", db.name)
+    monkeypatch.setenv("PGUSER", params.get("user", "postgres"))
+    monkeypatch.setenv("PGHOST", params.get("host", "/var/run/postgresql"))
+    monkeypatch.setenv("PGPORT", str(params.get("port", 5432)))
+    monkeypatch.chdir(tmp_path)
+    for dsn in (db.dsn, None):
+        target = resolve_target(builtin_config(), "default", dsn)
+        with pytest.raises(RefusedByPolicy):
+            engine.rollback(target, migrations, steps=1, confirm=None)
+    assert f"/{db.name}" in target.label and "(default socket)" not in target.label, target.label
+    assert db.query("SELECT count(*) FROM schema_migrations")[0][0] == len(migrations)

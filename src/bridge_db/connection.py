@@ -33,6 +33,9 @@ APPLICATION_NAME = "bridge-db"
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"omninode_bridge.schema_migrations").digest()[:8], "big", signed=True)
 
 
+_LABEL_ENV = {"host": "PGHOST", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER", "service": "PGSERVICE"}
+
+
 @dataclass(frozen=True)
 class Target:
     """A database to work on: the environment's policy plus libpq parameters. Never holds a password
@@ -52,6 +55,9 @@ class Target:
         p = self.params
         if self.dsn is not None:
             p = {**_safe_dsn_params(self.dsn), **{k: v for k, v in p.items() if k != "application_name"}}
+        # libpq's own fallbacks (PGHOST, ...), so that the label says where the connection goes
+        from_env = {k: os.environ[v] for k, v in _LABEL_ENV.items() if os.environ.get(v)}
+        p = {**from_env, **{k: v for k, v in p.items() if v}}
         host = p.get("host") or "(default socket)"
         where = f"{host}:{p.get('port', 5432)}/{p.get('dbname', '?')}"
         if p.get("service"):
@@ -118,7 +124,9 @@ def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Tar
             extra["sslmode"] = env_sslmode
         elif env_sslmode and parsed.get("sslmode") != env_sslmode:
             notes.append(f"the DSN's sslmode={parsed['sslmode']} replaces {policy_env.name}'s sslmode={env_sslmode}")
-        return Target(policy_env, extra, dsn=dsn, foreign=owner is None, notes=tuple(notes))
+        # without a config no environment owns any database: however it is named (--url, $DATABASE_URL
+        # or PG* variables), a rollback asks first, naming it
+        return Target(policy_env, extra, dsn=dsn, foreign=owner is None or config.builtin, notes=tuple(notes))
 
     if config.builtin and not any(os.environ.get(var) for var in LIBPQ_TARGET_VARS):
         # no file, no DSN, no URL, no PG* variable: libpq would pick the local socket and a database named
@@ -144,7 +152,7 @@ def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Tar
             f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} set but not used: {environment.name} is "
             "the embedded dev database; pass --dsn (or run outside a project, with no environments.toml) to use them"
         )
-    return Target(environment, params, embedded=cluster, notes=tuple(early_notes))
+    return Target(environment, params, embedded=cluster, foreign=config.builtin, notes=tuple(early_notes))
 
 
 def _own_params(config: Config, environment: Environment) -> tuple[dict[str, Any], EmbeddedCluster | None]:

@@ -642,8 +642,9 @@ def _confirm_plan(confirm, target: Target, direction: Direction, plan: list[Migr
         f"{'Apply' if direction is Direction.UP else 'Roll back'} {len(plan)} migration(s) on database "
         f"{database} ({target.label}): {names}?"
     )
+    reached_by = "the DSN reaches" if target.dsn is not None else "libpq's variables name"
     why = (
-        f"the DSN reaches database {database}, which is not environment {target.environment.name}'s: a rollback there"
+        f"{reached_by} database {database}, which is not environment {target.environment.name}'s: a rollback there"
         if target.foreign and not target.environment.policy.require_confirmation
         else target.environment.name
     )
