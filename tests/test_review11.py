@@ -270,3 +270,14 @@ def test_package_mode_rollback_asks_whether_pg_variables_or_a_url_name_the_datab
             engine.rollback(target, migrations, steps=1, confirm=None)
     assert f"/{db.name}" in target.label and "(default socket)" not in target.label, target.label
     assert db.query("SELECT count(*) FROM schema_migrations")[0][0] == len(migrations)
+
+
+def test_a_negative_stats_top_is_a_usage_error_not_a_database_error():
+    """`--top -1` reached LIMIT and came back as "unexpected database error" (exit 1) from the CLI and
+    Invoke alike; a value the option cannot take is exit 2."""
+    from test_frontends import _invoke
+
+    cli = run_cli("stats", "--top", "-1")
+    task = _invoke("stats", "--top", "-1")
+    assert (cli.returncode, task.returncode) == (2, 2), cli.stderr + task.stderr
+    assert "database error" not in cli.stderr + task.stderr

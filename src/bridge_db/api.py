@@ -278,6 +278,8 @@ class Bridge:
     def stats(self, top: int = 20) -> StatsReport:
         from .monitoring import collect_stats
 
+        if not 0 <= top <= 2**63 - 1:  # what LIMIT takes; a negative one was a "database error", exit 1
+            raise UsageError(f"--top must be 0 or more (got {top})", "e.g. stats --top 20")
         return collect_stats(self.target, top=top)
 
     # ----------------------------------------------------------------------- backups
