@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -90,6 +92,33 @@ db_status = verb_task("db", "status", "Whether the embedded dev database runs, w
 MIGRATE_PLAYBOOK = {"production": "prod_migrate"}
 
 
+# Variables the inventory sets per host (which environment, config, connection, policy), the roles' own
+# copies of them, and Ansible's connection variables: never from --extra, which outranks the inventory.
+_WHERE_VARS = re.compile(
+    r"^(ansible_\w+|bridge_(project_dir|config|environment|connection|embedded|policy)"
+    r"|bridge_\w+_(project_dir|config|environment|dsn|admin_dsn|migrations_dir))$"
+)
+
+
+def _extra_keys(value: str) -> list[str]:
+    """The variable names an -e value sets: KEY=VALUE pairs (Ansible splits them on spaces), JSON/YAML
+    inline, or an @FILE."""
+    import json
+
+    import yaml
+
+    try:
+        if value.startswith("@"):
+            data = yaml.safe_load(Path(value[1:]).read_text())
+        elif value.lstrip().startswith("{"):
+            data = json.loads(value)
+        else:
+            return [pair.split("=", 1)[0] for pair in shlex.split(value) if "=" in pair]
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise Exit(f"error: --extra {value!r} cannot be read: {exc}\n  next: pass KEY=VALUE", code=2) from None
+    return [str(k) for k in data] if isinstance(data, dict) else []
+
+
 @task(
     iterable=["extra"],
     help={
@@ -107,7 +136,6 @@ MIGRATE_PLAYBOOK = {"production": "prod_migrate"}
 def deploy(c, env="dev", playbook=None, check=False, diff=False, confirm=False, limit=None, extra=None):
     """Run a playbook for an environment: invoke deploy --env staging [--playbook setup] [--check]
     [--extra KEY=VALUE ...]."""
-    import shlex
 
     inventory = ROOT / "inventories" / env
     book = ROOT / "playbooks" / f"{playbook or MIGRATE_PLAYBOOK.get(env, f'{env}_migrate')}.yml"
@@ -124,6 +152,15 @@ def deploy(c, env="dev", playbook=None, check=False, diff=False, confirm=False, 
                 f"error: --extra {value!r} is not KEY=VALUE\n  next: e.g. --extra bridge_rollback_steps=1",
                 code=2,
             )
+        for key in _extra_keys(value):
+            if _WHERE_VARS.match(key) or "password" in key:
+                raise Exit(
+                    f"error: --extra {key}: this variable decides which environment, host or credentials a run "
+                    "reaches; extra variables override the inventory's, so the output would name one environment "
+                    "while the run reached another\n  next: choose the environment with --env (and the host with "
+                    "--limit); passwords come from Ansible Vault or the environment, never the command line",
+                    code=2,
+                )
     cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(book)]
     cmd += ["--check"] * check + ["--diff"] * diff + (["--limit", limit] if limit else [])
     cmd += ["-e", "bridge_confirm=true"] if confirm else []

@@ -281,3 +281,25 @@ def test_a_negative_stats_top_is_a_usage_error_not_a_database_error():
     task = _invoke("stats", "--top", "-1")
     assert (cli.returncode, task.returncode) == (2, 2), cli.stderr + task.stderr
     assert "database error" not in cli.stderr + task.stderr
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ["bridge_environment=production", "x=1 bridge_environment=production", '{"bridge_config": "/tmp/other.toml"}',
+     "ansible_host=elsewhere", "bridge_migrations_db_password=hunter2", "bridge_migrations_environment=production"],
+)  # fmt: skip
+def test_deploy_extra_cannot_send_an_inventorys_host_to_another_environment(extra):
+    """`invoke deploy --env staging --extra bridge_environment=production` ran on host staging-db against
+    production's database: extra variables outrank the inventory's host variables."""
+    from test_playbooks import _invoke
+
+    out = _invoke("deploy", "--env", "staging", "--playbook", "setup", "--check", "--extra", extra)
+    assert out.returncode == 2 and "error: --extra" in out.stderr, out.stdout[-1500:]
+    assert "PLAY" not in out.stdout  # refused before ansible-playbook ran
+
+
+def test_deploy_extra_still_passes_ordinary_variables():
+    from test_playbooks import _invoke
+
+    out = _invoke("deploy", "--env", "staging", "--playbook", "rollback", "--check", "--extra", "bridge_rollback_steps=1")
+    assert "pass -e bridge_rollback_steps=N" not in out.stdout and "cannot connect to staging" in out.stdout
