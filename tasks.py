@@ -130,7 +130,7 @@ def _extra_keys(value: str) -> list[str]:
         "rollback, restore --overwrite)",
         "limit": "only these hosts (ansible-playbook --limit)",
         "extra": "an extra variable KEY=VALUE (or @FILE) for ansible-playbook -e; repeat for more, e.g. "
-        "--extra bridge_rollback_steps=1 (never a password: it would be on the command line)",
+        "--extra bridge_rollback_steps=1 (never a password, nor what --env and --limit choose: refused)",
     },
 )
 def deploy(c, env="dev", playbook=None, check=False, diff=False, confirm=False, limit=None, extra=None):
