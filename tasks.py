@@ -230,14 +230,27 @@ def dist(c, out="dist", python=None):
 
     python = python or f"{sys.version_info.major}.{sys.version_info.minor}"
     folder = (ROOT / out).resolve()
-    shutil.rmtree(folder, ignore_errors=True)
+    if folder.exists():
+        # emptied first: only a previous bundle (wheels and SHA256SUMS), never `--out .`, `--out ~` or a
+        # folder that holds anything else
+        bundle = (".whl", "SHA256SUMS")
+        strays = sorted(p.name for p in folder.iterdir() if not (p.is_file() and p.name.endswith(bundle)))
+        if strays or folder in (ROOT, *ROOT.parents, Path.home()):
+            held = ", ".join(strays[:5]) + (", ..." if len(strays) > 5 else "")
+            raise Exit(
+                f"error: --out {out}: {folder} is not a release bundle (it holds {held}) and would be emptied"
+                "\n  next: pass a new or empty folder",
+                code=2,
+            )
+        shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    c.run(f"{sys.executable} -m pip wheel -q --no-deps -w {folder} {ROOT}")
+    py, q = shlex.quote(sys.executable), shlex.quote
+    c.run(f"{py} -m pip wheel -q --no-deps -w {q(str(folder))} {q(str(ROOT))}")
     wheel = next(folder.glob("omninode_bridge_db-*.whl"))
     c.run(
-        f"{sys.executable} -m pip download -q --only-binary=:all: --python-version {python} "
+        f"{py} -m pip download -q --only-binary=:all: --python-version {q(python)} "
         f"--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 "
-        f"-d {folder} {wheel}"
+        f"-d {q(str(folder))} {q(str(wheel))}"
     )
     lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}" for p in sorted(folder.glob("*.whl"))]
     (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")

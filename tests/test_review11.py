@@ -303,3 +303,19 @@ def test_deploy_extra_still_passes_ordinary_variables():
 
     out = _invoke("deploy", "--env", "staging", "--playbook", "rollback", "--check", "--extra", "bridge_rollback_steps=1")
     assert "pass -e bridge_rollback_steps=N" not in out.stdout and "cannot connect to staging" in out.stdout
+
+
+# --------------------------------------------------------------------------- invoke dist
+
+
+def test_invoke_dist_never_empties_a_folder_that_is_not_a_bundle(tmp_path):
+    """`invoke dist --out X` began with shutil.rmtree(X): `--out .` deleted the checkout, `--out ~` the
+    home folder, `--out docs` the docs."""
+    from test_frontends import _invoke
+
+    keep = tmp_path / "notes"
+    keep.mkdir()
+    (keep / "keep.txt").write_text("mine")
+    out = _invoke("dist", "--out", str(keep))
+    assert (keep / "keep.txt").read_text() == "mine"
+    assert out.returncode == 2 and "not a release bundle" in out.stderr, out.stdout + out.stderr
