@@ -319,3 +319,19 @@ def test_invoke_dist_never_empties_a_folder_that_is_not_a_bundle(tmp_path):
     out = _invoke("dist", "--out", str(keep))
     assert (keep / "keep.txt").read_text() == "mine"
     assert out.returncode == 2 and "not a release bundle" in out.stderr, out.stdout + out.stderr
+
+
+# --------------------------------------------------------------------------- empty variables
+
+
+def test_an_empty_bridge_db_dsn_is_unset_not_libpqs_default_database(monkeypatch):
+    """`BRIDGE_DB_DSN=` (a CI secret that is not set) replaced staging's connection with libpq's
+    defaults: `bridge-db status --env staging` reported on the local socket's database instead."""
+    from bridge_db.config import load_config
+    from bridge_db.connection import admin_target
+
+    monkeypatch.setenv("BRIDGE_DB_DSN", "")
+    monkeypatch.setenv("BRIDGE_DB_ADMIN_DSN", "")
+    target = resolve_target(load_config(CONFIG), "staging")
+    assert target.dsn is None and target.params["host"] == "staging-db.omninode.internal"
+    assert admin_target(target).dsn is None and admin_target(target, "").dsn is None

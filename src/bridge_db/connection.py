@@ -90,8 +90,8 @@ def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Tar
     """
     environment = config.environment(env_name)
     early_notes: list[str] = []
-    if dsn is None:
-        dsn = os.environ.get(DSN_ENV_VAR)
+    if dsn is None:  # an empty variable (a CI secret that is not set) is unset, not "libpq's defaults"
+        dsn = os.environ.get(DSN_ENV_VAR) or None
     if dsn is None and os.environ.get(URL_ENV_VAR):
         if config.builtin:
             dsn = os.environ[URL_ENV_VAR]
@@ -269,8 +269,8 @@ def libpq_environment(target: Target) -> dict[str, str]:
 def admin_target(target: Target, admin_dsn: str | None = None) -> Target:
     """The same database through the admin connection used for extensions and grants:
     --admin-dsn (or $BRIDGE_DB_ADMIN_DSN), else the environment's admin_user, else the target itself."""
-    if admin_dsn is None:
-        admin_dsn = os.environ.get(ADMIN_DSN_ENV_VAR)
+    if not admin_dsn:  # empty (an unset CI secret, an Ansible template that rendered nothing) is unset
+        admin_dsn = os.environ.get(ADMIN_DSN_ENV_VAR) or None
     if admin_dsn is not None:
         given = _safe_dsn_params(admin_dsn)
         # The same database, through another login: the admin DSN brings server and credentials, the

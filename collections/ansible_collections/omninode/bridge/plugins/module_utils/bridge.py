@@ -58,7 +58,7 @@ def bridge(module):
     config = p["config"] or os.path.join(p["project_dir"], "environments.toml")
     return Bridge(
         p["environment"],
-        p["dsn"],
+        p["dsn"] or None,  # empty ($BRIDGE_DB_DSN="", a template that rendered nothing): the environment's own
         config,
         p.get("migrations_dir"),
         p.get("backup_dir"),
