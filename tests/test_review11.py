@@ -335,3 +335,25 @@ def test_an_empty_bridge_db_dsn_is_unset_not_libpqs_default_database(monkeypatch
     target = resolve_target(load_config(CONFIG), "staging")
     assert target.dsn is None and target.params["host"] == "staging-db.omninode.internal"
     assert admin_target(target).dsn is None and admin_target(target, "").dsn is None
+
+
+# --------------------------------------------------------------------------- config discovery
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_an_environments_toml_of_another_user_above_the_working_folder_is_not_used(tmp_path):
+    """Walking up from the working folder found /tmp/environments.toml (or any parent's) whoever wrote
+    it: a file another user planted above `cd /tmp/work && bridge-db migrate` chose the server and, with
+    its migrations_dir, the SQL that ran there with the caller's credentials."""
+    shared = tmp_path / "shared"
+    (shared / "work").mkdir(parents=True)
+    shared.chmod(0o1777)
+    planted = shared / "environments.toml"
+    planted.write_text('[defaults]\nmigrations_dir = "x"\n[environments.dev]\nhost = "127.0.0.1"\ndatabase = "theirs"\n')
+    os.chown(planted, 65534, 65534)  # nobody
+    out = run_cli("status", cwd=shared / "work")
+    assert out.returncode == 2 and "another user owns it" in out.stderr, out.stdout + out.stderr
+    os.chown(planted, 0, 0)
+    planted.chmod(0o666)  # ours, but anyone may rewrite it
+    out = run_cli("status", cwd=shared / "work")
+    assert out.returncode == 2 and "may replace it" in out.stderr, out.stdout + out.stderr

@@ -143,6 +143,24 @@ def working_folder() -> Path:
         ) from None
 
 
+def _refuse_foreign_config(path: Path) -> None:
+    """A file found by walking up from the working folder (not named by --config) decides which server
+    is reached and which SQL runs there (its migrations_dir): one that another user owns or may replace,
+    e.g. /tmp/environments.toml above a run from /tmp/work, is refused, as git refuses such a repository."""
+    me = os.geteuid()
+    try:
+        st, parent = path.stat(), path.parent.stat()
+    except OSError:
+        return
+    others_may_replace = parent.st_mode & 0o002 and not parent.st_mode & 0o1000
+    if st.st_uid not in (me, 0) or st.st_mode & 0o002 or others_may_replace:
+        raise UsageError(
+            f"{path} was found above the working folder, but another user owns it or may replace it: "
+            "it would choose the server and the SQL this run executes",
+            f"pass --config {path} (or set $BRIDGE_DB_CONFIG) if you trust it, or run from your project",
+        )
+
+
 def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
     """--config, else $BRIDGE_DB_CONFIG, else environments.toml in the working folder or a parent,
     else the one in the checkout this package was installed from (editable install); else None."""
@@ -155,6 +173,7 @@ def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
     here = working_folder()
     for folder in (here, *here.parents):
         if (folder / CONFIG_FILE_NAME).is_file():
+            _refuse_foreign_config(folder / CONFIG_FILE_NAME)
             return folder / CONFIG_FILE_NAME
     checkout = Path(__file__).resolve().parents[2] / CONFIG_FILE_NAME
     return checkout if checkout.is_file() else None
