@@ -357,3 +357,26 @@ def test_an_environments_toml_of_another_user_above_the_working_folder_is_not_us
     planted.chmod(0o666)  # ours, but anyone may rewrite it
     out = run_cli("status", cwd=shared / "work")
     assert out.returncode == 2 and "may replace it" in out.stderr, out.stdout + out.stderr
+
+
+def test_new_without_a_project_does_not_write_into_the_installed_package(tmp_path, monkeypatch):
+    """Without a config, the migrations are the ones the wheel carries: `bridge-db new x` from any
+    folder wrote 008_x.sql into site-packages/bridge_db/migrations, and every later migrate of that
+    install refused the empty pair (or, once filled, applied it everywhere)."""
+    from bridge_db.api import Bridge
+    from bridge_db.config import builtin_config
+    from bridge_db.errors import UsageError
+
+    packaged = tmp_path / "site-packages" / "bridge_db" / "migrations"
+    packaged.mkdir(parents=True)
+    monkeypatch.setattr("bridge_db.config.packaged_migrations", lambda: packaged)
+    monkeypatch.chdir(tmp_path)
+    bridge = Bridge()
+    bridge.__dict__["config"] = builtin_config()  # as from an installed wheel, outside any project
+    with pytest.raises(UsageError, match="installed package"):
+        bridge.new("probe")
+    assert list(packaged.iterdir()) == []
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    made = Bridge(migrations_dir=mine).new("probe")  # named explicitly: written there
+    assert made.forward.parent == mine

@@ -247,6 +247,14 @@ class Bridge:
     def new(self, name: str) -> NewMigration:
         from .discovery import scaffold_migration
 
+        if self._migrations_dir is None and self.config.builtin:
+            # the migrations the package carries live in the installed package: a pair written there
+            # changes what every user of this install migrates (and migrate refuses it while empty)
+            raise UsageError(
+                f"new writes into a project's migrations folder, and there is no {self.config.path.name} "
+                f"here: the one found is the installed package's ({self.migrations_dir})",
+                "run it inside your project, or pass --migrations-dir FOLDER",
+            )
         return NewMigration(*scaffold_migration(self.migrations_dir, name))
 
     def lint(self, use_squawk: bool = True) -> LintResult:
