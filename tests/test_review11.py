@@ -380,3 +380,17 @@ def test_new_without_a_project_does_not_write_into_the_installed_package(tmp_pat
     mine.mkdir()
     made = Bridge(migrations_dir=mine).new("probe")  # named explicitly: written there
     assert made.forward.parent == mine
+
+
+def test_an_installed_package_does_not_read_the_config_two_folders_above_it(tmp_path, monkeypatch):
+    """The editable-install fallback read <package>/../../environments.toml for any install:
+    `pip install --target /tmp/pkgs` made it /tmp/environments.toml, a file anyone can plant."""
+    import bridge_db.config as config_module
+
+    package = tmp_path / "pkgs" / "bridge_db"
+    package.mkdir(parents=True)
+    (tmp_path / "environments.toml").write_text('[environments.dev]\nhost = "elsewhere"\ndatabase = "x"\n')
+    monkeypatch.chdir("/")  # a working folder with no environments.toml above it
+    monkeypatch.delenv("BRIDGE_DB_CONFIG", raising=False)
+    monkeypatch.setattr(config_module, "__file__", str(package / "config.py"))
+    assert config_module.find_config_file() is None

@@ -175,8 +175,16 @@ def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
         if (folder / CONFIG_FILE_NAME).is_file():
             _refuse_foreign_config(folder / CONFIG_FILE_NAME)
             return folder / CONFIG_FILE_NAME
-    checkout = Path(__file__).resolve().parents[2] / CONFIG_FILE_NAME
-    return checkout if checkout.is_file() else None
+    # an editable install runs from <checkout>/src/bridge_db; an installed package must not look two
+    # folders up (`pip install --target /tmp/pkgs` would read /tmp/environments.toml)
+    package = Path(__file__).resolve().parent
+    checkout = package.parents[1] / CONFIG_FILE_NAME
+    if package.parent.name != "src" or not (package.parents[1] / "pyproject.toml").is_file():
+        return None
+    if checkout.is_file():
+        _refuse_foreign_config(checkout)
+        return checkout
+    return None
 
 
 def packaged_migrations() -> Path:
