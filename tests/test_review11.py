@@ -394,3 +394,16 @@ def test_an_installed_package_does_not_read_the_config_two_folders_above_it(tmp_
     monkeypatch.delenv("BRIDGE_DB_CONFIG", raising=False)
     monkeypatch.setattr(config_module, "__file__", str(package / "config.py"))
     assert config_module.find_config_file() is None
+
+
+def test_an_installed_package_without_its_migrations_does_not_take_a_folder_beside_the_install(tmp_path, monkeypatch):
+    """packaged_migrations() fell back to <package>/../../migrations for any install: with the wheel's
+    migrations missing, `pip install --target /tmp/pkgs` ran whatever /tmp/migrations held."""
+    import bridge_db.config as config_module
+
+    package = tmp_path / "pkgs" / "bridge_db"
+    package.mkdir(parents=True)
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "001_theirs.sql").write_text("DROP TABLE everything;\n")
+    monkeypatch.setattr(config_module, "__file__", str(package / "config.py"))
+    assert config_module.packaged_migrations() == package / "migrations"

@@ -191,9 +191,13 @@ def packaged_migrations() -> Path:
     """The Bridge migrations this package carries (bridge_db/migrations in a wheel), or the checkout's
     migrations/ when it runs from one."""
     here = Path(__file__).resolve().parent
-    for folder in (here / "migrations", here.parents[1] / "migrations"):
-        if folder.is_dir():
-            return folder
+    if (here / "migrations").is_dir():
+        return here / "migrations"
+    # a checkout's own (src/bridge_db beside pyproject.toml) only: an installed package whose migrations
+    # are missing must not take <install>/../migrations (/tmp/migrations for pip install --target /tmp/pkgs)
+    if here.parent.name == "src" and (here.parents[1] / "pyproject.toml").is_file():
+        if (here.parents[1] / "migrations").is_dir():
+            return here.parents[1] / "migrations"
     return here / "migrations"  # discovery says what is missing
 
 
