@@ -397,3 +397,11 @@ def test_pgpass_readable_by_others_is_named_when_the_password_is_missing(project
     assert result.returncode == 3
     error = json.loads(result.stdout)
     assert any("chmod 0600" in n for n in error["notes"]) and SECRET not in result.stdout
+
+
+def test_the_telling_cause_is_named_when_another_address_was_refused_first(project, tls_server):
+    """localhost is often ::1 and then 127.0.0.1: "Connection refused" from the first address must not
+    hide the certificate problem of the second (here: two hosts, the first on a port nobody serves)."""
+    _write_config(project, tls_server[0], sslrootcert="tls/other-ca.crt")
+    dsn = f"host=localhost,localhost port={PORT_BASE + 99},{tls_server[0]} dbname={DATABASE} user={MIGRATOR}"
+    _fails_clearly(bridge(project, "status", "--dsn", dsn), "certificate verify failed", "sslrootcert")

@@ -411,9 +411,24 @@ def _open(target: Target):
     return conn
 
 
+# libpq's words for a cause that is worth more than "Connection refused" from another of the host's
+# addresses (localhost as ::1, then 127.0.0.1) or another host of a multi-host string
+_TELLING = (
+    "password authentication failed",
+    "no password supplied",
+    "root certificate file",
+    "does not match host name",
+    "certificate verify failed",
+    "SSL error",
+    "server does not support SSL",
+    "does not exist",
+)
+
+
 def _connection_failed(target: Target, exc: Exception) -> ConnectionFailed:
-    first_line = (str(exc).strip().splitlines() or ["unknown error"])[0]
     text = str(exc)
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()] or ["unknown error"]
+    first_line = next((ln for ln in lines if any(word in ln for word in _TELLING)), lines[0])
     notes: list[str] = []
     if "password authentication failed" in text or "no password supplied" in text:
         if "no password supplied" in text:
