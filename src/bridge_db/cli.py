@@ -159,6 +159,9 @@ def _print_error(exc: BridgeDbError, as_json: bool) -> None:
         print(json.dumps(exc.as_dict(), default=str))
         return
     print(f"error: {exc.message}", file=sys.stderr)
+    notes = exc.details.get("notes")
+    for note in notes if isinstance(notes, list) else ():
+        print(f"  note: {note}", file=sys.stderr)
     if exc.next_step:
         print(f"  next: {exc.next_step}", file=sys.stderr)
 

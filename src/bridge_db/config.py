@@ -16,7 +16,21 @@ from .errors import UsageError
 CONFIG_FILE_NAME = "environments.toml"
 ENV_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
-CONNECTION_KEYS = {"host", "port", "database", "user", "sslmode", "connect_timeout", "service"}
+CONNECTION_KEYS = {
+    "host",
+    "port",
+    "database",
+    "user",
+    "sslmode",
+    "connect_timeout",
+    "service",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+}
+# Connection keys that name files: a relative path is read against the config file's folder, not the
+# folder bridge-db happens to run from (cron, Ansible).
+PATH_KEYS = {"sslrootcert", "sslcert", "sslkey"}
 OTHER_KEYS = {"embedded", "embedded_dir", "migrations_dir"}
 # Keys that would put a secret in a versioned file.
 BUILTIN_ENVIRONMENT = "default"  # the one environment when there is no environments.toml
@@ -295,6 +309,10 @@ def _connection_value(path: Path, env: str, key: str, value: object) -> object:
         raise UsageError(f"{where} must be a non-empty string", f'e.g. {key} = "..."')
     elif key == "sslmode" and value not in SSLMODES:
         raise UsageError(f"{where} must be one of {', '.join(SSLMODES)}", 'e.g. sslmode = "verify-full"')
+    elif key in PATH_KEYS:
+        # "system" is libpq's own word for the system's CA store (sslrootcert only), not a path
+        if not (key == "sslrootcert" and value == "system"):
+            return str(path.parent / Path(value).expanduser())  # an absolute value stays as it is
     return value
 
 

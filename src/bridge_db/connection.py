@@ -124,6 +124,8 @@ def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Tar
             extra["sslmode"] = env_sslmode
         elif env_sslmode and parsed.get("sslmode") != env_sslmode:
             notes.append(f"the DSN's sslmode={parsed['sslmode']} replaces {policy_env.name}'s sslmode={env_sslmode}")
+        # and its certificates: a DSN for production's server must not fall back to ~/.postgresql/root.crt
+        extra.update(_tls_files(policy_env, parsed))
         # without a config no environment owns any database: however it is named (--url, $DATABASE_URL
         # or PG* variables), a rollback asks first, naming it
         return Target(policy_env, extra, dsn=dsn, foreign=owner is None or config.builtin, notes=tuple(notes))
@@ -282,11 +284,19 @@ def admin_target(target: Target, admin_dsn: str | None = None) -> Target:
         sslmode = target.environment.connection.get("sslmode")
         if sslmode and "sslmode" not in parse_conninfo(admin_dsn):
             params["sslmode"] = sslmode
+        params.update(_tls_files(target.environment, parse_conninfo(admin_dsn)))
         return replace(target, params=params, dsn=admin_dsn)
     admin_user = target.environment.policy.admin_user
     if not admin_user or target.dsn is not None:
         return target
     return replace(target, params={**target.params, "user": admin_user})
+
+
+def _tls_files(environment: Environment, given: dict[str, str]) -> dict[str, Any]:
+    """The environment's sslrootcert (and client certificate and key) that a DSN does not state itself."""
+    return {
+        k: v for k in ("sslrootcert", "sslcert", "sslkey") if (v := environment.connection.get(k)) and k not in given
+    }
 
 
 def _os_login() -> str | None:
@@ -401,18 +411,84 @@ def _open(target: Target):
     return conn
 
 
+# libpq's words for a cause that is worth more than "Connection refused" from another of the host's
+# addresses (localhost as ::1, then 127.0.0.1) or another host of a multi-host string
+_TELLING = (
+    "password authentication failed",
+    "no password supplied",
+    "root certificate file",
+    "does not match host name",
+    "certificate verify failed",
+    "SSL error",
+    "server does not support SSL",
+    "does not exist",
+)
+
+
 def _connection_failed(target: Target, exc: Exception) -> ConnectionFailed:
-    first_line = (str(exc).strip().splitlines() or ["unknown error"])[0]
     text = str(exc)
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()] or ["unknown error"]
+    first_line = next((ln for ln in lines if any(word in ln for word in _TELLING)), lines[0])
+    notes: list[str] = []
     if "password authentication failed" in text or "no password supplied" in text:
-        hint = "provide the password via PGPASSWORD, ~/.pgpass or a service file (never in environments.toml)"
+        if "no password supplied" in text:
+            hint = "provide the password via PGPASSWORD, ~/.pgpass or a service file (never in environments.toml)"
+        else:
+            hint = (
+                "the password is wrong: fix PGPASSWORD, or the .pgpass line (host:port:database:user:password) "
+                "that matches this host, port and user"
+            )
+        unsafe = _ignored_passfile()
+        if unsafe is not None:
+            notes.append(
+                f"{unsafe} was not read: libpq ignores a password file that group or others may read; "
+                f"chmod 0600 {shlex.quote(unsafe)}"
+            )
+            hint = f"chmod 0600 {shlex.quote(unsafe)} (libpq ignored it), or set PGPASSWORD"
+    elif "root certificate file" in text and "does not exist" in text:
+        hint = (
+            "set sslrootcert in environments.toml (or PGSSLROOTCERT) to the CA certificate that signed the "
+            "server's certificate; sslmode verify-ca/verify-full cannot check the server without it"
+        )
+    elif "does not match host name" in text:
+        hint = (
+            "connect by a host name the server's certificate names (host in environments.toml or --dsn), "
+            "or have the server's certificate issued for this name"
+        )
+    elif "certificate verify failed" in text or ("certificate" in text and "SSL error" in text):
+        hint = (
+            "sslrootcert does not hold the CA that signed the server's certificate: point sslrootcert in "
+            "environments.toml (or PGSSLROOTCERT) at the right CA file"
+        )
+    elif "server does not support SSL" in text:
+        hint = (
+            "the server does not offer TLS: enable ssl on the server, or check host/port reach the right "
+            "server; do not lower sslmode for production"
+        )
     elif "does not exist" in text and "database" in text:
         hint = f"create the database first (createdb {shlex.quote(target.database or 'omninode_bridge')}), see README"
     elif "timeout" in text:
         hint = "the server did not answer in time: check host, port, firewall and connect_timeout"
     else:
         hint = "check that the server is running and that host/port/user in environments.toml (or --dsn) are right"
-    return ConnectionFailed(f"cannot connect to {target.label}: {first_line}", hint)
+    failed = ConnectionFailed(f"cannot connect to {target.label}: {first_line}", hint)
+    if notes:
+        failed.details["notes"] = notes
+    return failed
+
+
+def _ignored_passfile() -> str | None:
+    """PGPASSFILE (else ~/.pgpass) when it exists but libpq ignores it for its permissions."""
+    name = os.environ.get("PGPASSFILE") or os.path.join(os.path.expanduser("~"), ".pgpass")
+    try:
+        mode = os.stat(name).st_mode
+    except OSError:
+        return None
+    import stat
+
+    if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return name
+    return None
 
 
 def lost_connection(target: Target, exc: Exception) -> ConnectionFailed:
