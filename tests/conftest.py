@@ -271,3 +271,33 @@ def preloading_server(tmp_path_factory):
 def plain_server(tmp_path_factory):
     """Admin DSN of an own cluster that preloads nothing."""
     yield from _own_cluster(tmp_path_factory, "plain", 1, preload=False)
+
+
+def fake_backup(folder: Path, database: str, when, environment: str = "test", **manifest_overrides) -> Path:
+    """A backup file with a trusted manifest, as `backup` writes them, without running pg_dump: for
+    retention and manifest tests. `manifest_overrides` replace manifest fields (hostile values too)."""
+    import json
+
+    from bridge_db import backup
+
+    name = f"{database}-{when.strftime(backup.STAMP)}.dump"
+    path = folder / name
+    path.write_bytes(b"fake dump " + name.encode())
+    manifest = backup.BackupManifest(
+        file=name,
+        environment=environment,
+        database=database,
+        format="custom",
+        server_version="15",
+        pg_dump_version="15",
+        migration_head=6,
+        size_bytes=path.stat().st_size,
+        sha256="0" * 64,
+        started_at=when.isoformat(),
+        finished_at=when.isoformat(),
+        duration_s=1.0,
+        verification={"listed": True, "restored": None},
+    )
+    data = {**manifest.__dict__, **manifest_overrides}
+    path.with_name(name + backup.MANIFEST_SUFFIX).write_text(json.dumps(data))
+    return path

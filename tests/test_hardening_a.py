@@ -26,7 +26,7 @@ from bridge_db import backup, engine, pgtools
 from bridge_db.connection import LOCK_KEY
 
 from catalog import bridge_tables
-from conftest import HEAD, MIGRATIONS, ROOT, SHIPPED, drop_database, dsn_for, make_target, run_cli
+from conftest import HEAD, MIGRATIONS, ROOT, SHIPPED, drop_database, dsn_for, fake_backup, make_target, run_cli
 
 # --------------------------------------------------------------------------- helpers
 
@@ -53,30 +53,6 @@ def _tree(folder: Path) -> dict[str, bytes | str]:
         else:
             out[rel] = "dir"
     return out
-
-
-def _fake_backup(folder: Path, database: str, when: datetime, **manifest_overrides) -> Path:
-    name = f"{database}-{when.strftime(backup.STAMP)}.dump"
-    path = folder / name
-    path.write_bytes(b"fake dump " + name.encode())
-    manifest = backup.BackupManifest(
-        file=name,
-        environment="test",
-        database=database,
-        format="custom",
-        server_version="15",
-        pg_dump_version="15",
-        migration_head=6,
-        size_bytes=path.stat().st_size,
-        sha256="0" * 64,
-        started_at=when.isoformat(),
-        finished_at=when.isoformat(),
-        duration_s=1.0,
-        verification={"listed": True, "restored": None},
-    )
-    data = {**manifest.__dict__, **manifest_overrides}
-    path.with_name(name + backup.MANIFEST_SUFFIX).write_text(json.dumps(data))
-    return path
 
 
 def _databases(db, pattern: str) -> list[str]:
@@ -138,6 +114,20 @@ def test_a_dsn_naming_another_environments_database_gets_that_policy(db, migrati
 # --------------------------------------------------------------------------- critical 2: vaulted password
 
 
+def _sample_cmdlines(secret: str, leaks: list[str]) -> bool:
+    """Every process's argv now: those holding `secret` go to `leaks`; True if the module was running."""
+    saw_module = False
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        saw_module = saw_module or "AnsiballZ_bridge_migrate" in cmdline
+        if secret in cmdline:
+            leaks.append(cmdline)
+    return saw_module
+
+
 def test_vaulted_password_is_in_no_process_listing_and_not_in_vvv_output(db, tmp_path):
     secret = f"Vault-{uuid.uuid4().hex[:10]}-pw"
     role = f"bridge_vault_{uuid.uuid4().hex[:8]}"
@@ -189,14 +179,7 @@ def test_vaulted_password_is_in_no_process_listing_and_not_in_vvv_output(db, tmp
         waiting = False
         try:
             while playbook.poll() is None and not waiting:
-                for proc in Path("/proc").iterdir():
-                    try:
-                        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                    except OSError:
-                        continue
-                    saw_module = saw_module or "AnsiballZ_bridge_migrate" in cmdline
-                    if secret in cmdline:
-                        leaks.append(cmdline)
+                saw_module = _sample_cmdlines(secret, leaks) or saw_module
                 # the module is connected and waiting for the lock: every process of the run exists now
                 waiting = bool(
                     db.query(
@@ -205,14 +188,7 @@ def test_vaulted_password_is_in_no_process_listing_and_not_in_vvv_output(db, tmp
                     )
                 )
                 time.sleep(0.02)
-            for proc in Path("/proc").iterdir():  # one full sample while the module waits
-                try:
-                    cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                except OSError:
-                    continue
-                saw_module = saw_module or "AnsiballZ_bridge_migrate" in cmdline
-                if secret in cmdline:
-                    leaks.append(cmdline)
+            saw_module = _sample_cmdlines(secret, leaks) or saw_module  # one full sample while the module waits
         finally:
             holder.close()
         output, _ = playbook.communicate(timeout=300)
@@ -298,7 +274,7 @@ def test_prune_refuses_a_manifest_naming_anything_but_its_own_files_and_deletes_
     (folder / "sub").mkdir()
     (folder / "sub" / "inner.sql").write_text("not ours")
     now = datetime.now(UTC)
-    dumps = [_fake_backup(folder, "omninode_bridge", now - timedelta(days=20 + d)) for d in range(6)]
+    dumps = [fake_backup(folder, "omninode_bridge", now - timedelta(days=20 + d)) for d in range(6)]
     overrides = dict(HOSTILE_MANIFESTS[case])
     victim = dumps[-1]  # the oldest: retention would delete it
     if overrides.get("globals_file") == "PRECIOUS":
@@ -314,7 +290,7 @@ def test_prune_refuses_a_manifest_naming_anything_but_its_own_files_and_deletes_
             json.dumps({**json.loads(manifest.read_text()), "file": "important", "format": "directory"})
         )
         overrides = {}
-    _fake_backup(folder, "omninode_bridge", now - timedelta(days=25), **overrides)  # same name as the victim
+    fake_backup(folder, "omninode_bridge", now - timedelta(days=25), **overrides)  # same name as the victim
     config = _config(
         tmp_path,
         f'[environments.test]\ndatabase = "x"\nbackup_dir = "{folder}"\nkeep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\n',
@@ -333,7 +309,7 @@ def test_prune_dry_run_lists_exactly_the_files_prune_then_deletes(tmp_path):
     folder.mkdir()
     now = datetime.now(UTC)
     for d in range(8):
-        dump = _fake_backup(folder, "omninode_bridge", now - timedelta(days=10 * d))
+        dump = fake_backup(folder, "omninode_bridge", now - timedelta(days=10 * d))
         if d % 2:
             globals_name = dump.name + ".globals.sql"
             (folder / globals_name).write_text("-- roles")
@@ -490,12 +466,12 @@ def test_a_dangling_symlink_and_a_naive_timestamp_do_not_break_listing_prune_or_
     folder.mkdir()
     now = datetime.now(UTC)
     (folder / f"{db.name}-20260101T000000Z.dump").symlink_to(tmp_path / "gone")
-    naive = _fake_backup(folder, db.name, now - timedelta(days=100))
+    naive = fake_backup(folder, db.name, now - timedelta(days=100))
     manifest = naive.with_name(naive.name + backup.MANIFEST_SUFFIX)
     data = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**data, "finished_at": "2026-01-01T00:00:00", "started_at": "2026-01-01T00:00:00"}))
     for d in range(3):
-        _fake_backup(folder, db.name, now - timedelta(days=40 + d))
+        fake_backup(folder, db.name, now - timedelta(days=40 + d))
     args = ("--dsn", db.dsn, "--backup-dir", str(folder))
     out = run_cli("backups", *args, "--json")
     assert out.returncode == 0, out.stderr

@@ -14,7 +14,7 @@ from bridge_db.cli import Terminated
 from bridge_db.discovery import discover_migrations
 from bridge_db.errors import MigrationFailed
 
-from conftest import HEAD, drop_database
+from conftest import HEAD, drop_database, fake_backup
 from conftest import MIGRATIONS as MIGRATIONS_DIR
 
 
@@ -252,31 +252,6 @@ def test_a_first_run_does_not_skip_a_concurrent_build_because_another_index_has_
 # --------------------------------------------------------------------------- prune
 
 
-def _fake_backup(folder, database: str, when, environment: str = "test"):
-    import json
-
-    name = f"{database}-{when.strftime(backup.STAMP)}.dump"
-    path = folder / name
-    path.write_bytes(b"fake dump " + name.encode())
-    manifest = backup.BackupManifest(
-        file=name,
-        environment=environment,
-        database=database,
-        format="custom",
-        server_version="15",
-        pg_dump_version="15",
-        migration_head=6,
-        size_bytes=path.stat().st_size,
-        sha256="0" * 64,
-        started_at=when.isoformat(),
-        finished_at=when.isoformat(),
-        duration_s=1.0,
-        verification={"listed": True, "restored": None},
-    )
-    path.with_name(name + backup.MANIFEST_SUFFIX).write_text(json.dumps(manifest.__dict__))
-    return path
-
-
 def test_prune_never_deletes_the_only_backups_of_another_database_in_a_shared_folder(tmp_path):
     """Two environments whose backup_dir is the same folder (a fixed path, no {env}): retention counted
     every database's backups together, so staging's eight newer backups made prune delete every backup
@@ -286,9 +261,9 @@ def test_prune_never_deletes_the_only_backups_of_another_database_in_a_shared_fo
     folder = tmp_path / "shared"
     folder.mkdir()
     now = datetime.now(UTC).replace(microsecond=0)
-    prod = [_fake_backup(folder, "bridge_prod", now - timedelta(days=40 + i), "production") for i in range(2)]
+    prod = [fake_backup(folder, "bridge_prod", now - timedelta(days=40 + i), "production") for i in range(2)]
     for i in range(8):
-        _fake_backup(folder, "bridge_staging", now - timedelta(hours=i), "staging")
+        fake_backup(folder, "bridge_staging", now - timedelta(hours=i), "staging")
     deleted = backup.prune(folder, keep_last=7, keep_daily=0, keep_weekly=0)
     assert prod[0].exists(), f"production's newest verified backup was deleted: {deleted}"
 
@@ -346,7 +321,7 @@ def test_out_of_range_policy_values_are_configuration_errors(db, migrations, tmp
         f'[environments.t]\nhost = "127.0.0.1"\nuser = "postgres"\ndatabase = "{db.name}"\n{setting}\n'
     )
     (tmp_path / "b" / "t").mkdir(parents=True)
-    _fake_backup(tmp_path / "b" / "t", db.name, __import__("datetime").datetime.now(__import__("datetime").UTC))
+    fake_backup(tmp_path / "b" / "t", db.name, __import__("datetime").datetime.now(__import__("datetime").UTC))
     args = {"migrate": ["migrate"], "prune": ["prune", "--dry-run"], "backup": ["backup", "--verify-restore"]}[verb]
     out = run_cli(*args, "--config", str(config), "--env", "t")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
@@ -513,7 +488,7 @@ def test_a_manifest_field_of_the_wrong_type_is_not_a_traceback(tmp_path, field, 
 
     folder = tmp_path / "b"
     folder.mkdir()
-    dump = _fake_backup(folder, "postgres", datetime.now(UTC))
+    dump = fake_backup(folder, "postgres", datetime.now(UTC))
     manifest = dump.with_name(dump.name + backup.MANIFEST_SUFFIX)
     data = json.loads(manifest.read_text())
     data[field] = value
