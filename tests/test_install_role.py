@@ -54,7 +54,7 @@ def play(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_DB_", "ANSIBLE_"))}
     env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
 
-    def run(prefix: Path, **variables: object) -> subprocess.CompletedProcess:
+    def run(prefix: Path, *args: str, **variables: object) -> subprocess.CompletedProcess:
         extra = {
             "ansible_python_interpreter": sys.executable,
             "bridge_db_install_version": VERSION,
@@ -65,7 +65,7 @@ def play(tmp_path_factory):
             **variables,
         }
         return subprocess.run(
-            [str(BIN / "ansible-playbook"), "-i", str(where / "hosts.ini"), "-e", json.dumps(extra), str(where / "play.yml")],
+            [str(BIN / "ansible-playbook"), *args, "-i", str(where / "hosts.ini"), "-e", json.dumps(extra), str(where / "play.yml")],
             capture_output=True,
             text=True,
             timeout=600,
@@ -175,3 +175,11 @@ def test_a_password_in_the_config_is_refused(installed, play):
     assert result.returncode != 0
     assert "holds a password" in result.stdout
     assert "hunter2" not in (prefix / "environments.toml").read_text()
+
+
+def test_check_mode_on_a_new_host_checks_the_bundle_and_writes_nothing(tmp_path, bundle, play):
+    prefix = tmp_path / "opt"
+    result = play(prefix, "--check", bridge_db_install_bundle_dir=str(bundle), bridge_db_install_server_major=15)
+    assert result.returncode == 0, result.stdout
+    assert recap(result.stdout)["changed"] > 0
+    assert not prefix.exists()
