@@ -132,7 +132,6 @@ def verify(target: Target, migrations: list[Migration]) -> VerifyReport:
             problems = [str(p) for p in history_problems(migrations, applied)]
             applied_files = [m for m in migrations if m.version in applied]
             expected = declared_objects(applied_files)
-            undeclared = _undeclared_objects(cur, expected)
         try:
             reference = reference_tables(conn, applied_files)
         except ReferenceUnavailable as exc:
@@ -145,7 +144,8 @@ def verify(target: Target, migrations: list[Migration]) -> VerifyReport:
             # The replay compares every declared table both ways; what is left of the other direction
             # is whole tables (and their indexes) that no applied migration declares.
             problems += differences(reference, live_tables(conn, reference))
-            problems += [p for p in undeclared if p.startswith("table ")]
+            with conn.cursor() as cur:
+                problems += [p for p in _undeclared_objects(cur, expected) if p.startswith("table ")]
     except psycopg2.Error as exc:
         raise _database_error(target, conn, exc) from None
     finally:
