@@ -54,7 +54,7 @@ def play(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_DB_", "ANSIBLE_"))}
     env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
 
-    def run(prefix: Path, *args: str, **variables: object) -> subprocess.CompletedProcess:
+    def run(prefix: Path, *args: str, home: Path | None = None, **variables: object) -> subprocess.CompletedProcess:
         extra = {
             "ansible_python_interpreter": sys.executable,
             "bridge_db_install_version": VERSION,
@@ -65,12 +65,20 @@ def play(tmp_path_factory):
             **variables,
         }
         return subprocess.run(
-            [str(BIN / "ansible-playbook"), *args, "-i", str(where / "hosts.ini"), "-e", json.dumps(extra), str(where / "play.yml")],
+            [
+                str(BIN / "ansible-playbook"),
+                *args,
+                "-i",
+                str(where / "hosts.ini"),
+                "-e",
+                json.dumps(extra),
+                str(where / "play.yml"),
+            ],
             capture_output=True,
             text=True,
             timeout=600,
             cwd=ROOT,
-            env=env,
+            env={**env, "HOME": str(home)} if home else env,
         )
 
     return run
@@ -183,3 +191,63 @@ def test_check_mode_on_a_new_host_checks_the_bundle_and_writes_nothing(tmp_path,
     assert result.returncode == 0, result.stdout
     assert recap(result.stdout)["changed"] > 0
     assert not prefix.exists()
+
+
+def test_the_host_config_tls_files_and_pgpass_come_from_the_inventorys_environment(installed, play, tmp_path):
+    """Without a config of its own the role renders the host's environments file from the environment the
+    control node defines (connection, policy, overrides), copies its CA, and writes the vault's passwords
+    as escaped lines of the user's 0600 .pgpass, shown nowhere, not even at -vvv."""
+    from bridge_db.config import POLICY_DEFAULTS, parse_config
+
+    prefix, first, _ = installed
+    assert first.returncode == 0, first.stdout
+    home = tmp_path / "home"
+    home.mkdir()
+    ca = tmp_path / "control" / "ca.crt"
+    ca.parent.mkdir()
+    ca.write_text("-----BEGIN CERTIFICATE-----\nnot a real one\n-----END CERTIFICATE-----\n")
+    migrator_secret, admin_secret = "pa:ss\\word-9c1f", "adm:in-77e2"
+    connection = {
+        "host": "db1.internal",
+        "port": 6432,
+        "database": "omninode_bridge",
+        "user": "bridge_migrator",
+        "sslmode": "verify-full",
+        "sslrootcert": str(ca),
+        "connect_timeout": 10,
+    }
+    policy = {k: list(v) if isinstance(v, tuple) else v for k, v in POLICY_DEFAULTS.items()}
+    policy.update(admin_user="postgres", single_transaction=True, backup_before_migrate=True)
+    variables = dict(
+        bridge_db_install_config_content="",
+        bridge_environment="prod",
+        bridge_connection=connection,
+        bridge_policy=policy,
+        bridge_db_install_config_overrides={"backup_dir": "/srv/bridge/{env}"},
+        bridge_db_password=migrator_secret,
+        bridge_db_admin_password=admin_secret,
+    )
+    result = play(prefix, "-vvv", home=home, **variables)
+    assert result.returncode == 0, result.stdout
+    for secret in (migrator_secret, admin_secret, "pa\\:ss", "adm\\:in"):
+        assert secret not in result.stdout + result.stderr
+
+    config = prefix / "environments.toml"
+    import tomllib
+
+    env = parse_config(tomllib.loads(config.read_text()), config).environments["prod"]
+    assert "9c1f" not in config.read_text() and "77e2" not in config.read_text()
+    assert env.connection == {**connection, "sslrootcert": str(prefix / "tls" / "ca.crt")}
+    assert vars(env.policy) == {**policy, "extensions": tuple(policy["extensions"]), "backup_dir": "/srv/bridge/{env}"}
+    assert (prefix / "tls" / "ca.crt").read_text() == ca.read_text()
+
+    pgpass = home / ".pgpass"
+    assert pgpass.stat().st_mode & 0o777 == 0o600
+    # libpq's escapes: a backslash and a colon inside a field are preceded by a backslash
+    assert pgpass.read_text().splitlines() == [
+        "db1.internal:6432:*:bridge_migrator:pa\\:ss\\\\word-9c1f",
+        "db1.internal:6432:*:postgres:adm\\:in-77e2",
+    ]
+    again = play(prefix, home=home, **variables)
+    assert again.returncode == 0 and recap(again.stdout)["changed"] == 0, again.stdout
+    assert play(prefix).returncode == 0  # the module's other tests read the plain config again
