@@ -39,7 +39,9 @@ def _plays(list_hosts_output: str) -> list[tuple[str, list[str]]]:
 def test_the_expected_playbooks_are_tested():
     assert PLAYBOOKS == [
         "backup.yml",
+        "backup_status.yml",
         "dev_migrate.yml",
+        "install.yml",
         "prod_migrate.yml",
         "restore.yml",
         "rollback.yml",
