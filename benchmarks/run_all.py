@@ -205,12 +205,17 @@ def report(compare, backup, live, fleet, info) -> str:
             for k, v in live.items()
         ],
         "",
-        "## prod_migrate.yml on real local clusters (production policy, one host per batch)",
+        "## prod_migrate.yml on real clusters (production policy, canary batches [1, 25%, 100%])",
         "",
-        "| hosts | first rollout s | per host s | no-op rollout s |",
-        "|---|---|---|---|",
+        "`local`: embedded clusters, the engine on the control node. `ssh`: hosts reached over SSH (each an",
+        "unprivileged OS user with its own sshd on a loopback address and its own cluster, TLS verify-full,",
+        "scram-sha-256), the engine installed on each host by install.yml and run there.",
+        "",
+        "| mode | hosts | install s | first rollout s | per host s | no-op rollout s |",
+        "|---|---|---|---|---|---|",
         *[
-            f"| {r['hosts']} | {r['first_rollout_s']} | {r['per_host_first_s']} | {r['noop_rollout_s']} |"
+            f"| {r.get('mode', 'local')} | {r['hosts']} | {r.get('install_s', '')} | {r['first_rollout_s']} "
+            f"| {r['per_host_first_s']} | {r['noop_rollout_s']} |"
             for r in fleet
         ],
         "",
@@ -235,7 +240,7 @@ def main() -> None:
     jobs = {
         "compare": ("compare_tools.py", ["--runs", str(args.runs)], False),
         "live": ("live_load.py", [], False),
-        "fleet": ("prod_migrate_fleet.py", ["--hosts", "1", "3", "10"], True),
+        "fleet": ("prod_migrate_fleet.py", ["--hosts", "1", "3", "10", "--mode", "local", "ssh"], True),
         "backup": ("backup_throughput.py", ["--size-gb", str(args.size_gb), "--runs", str(args.backup_runs)], True),
     }
     results = {}
