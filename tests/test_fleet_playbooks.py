@@ -54,9 +54,10 @@ def test_backup_status_collects_every_marker_and_fails_naming_the_bad_ones(tmp_p
     marker(markers / "fresh.json", timedelta(hours=3))
     marker(markers / "stale.json", timedelta(hours=30))
     marker(markers / "failed.json", timedelta(hours=1), result="failed")
+    (markers / "garbled.json").write_text('{"result": "ok", "finished_at": ')  # a disk that filled mid-write
     hosts = {
         f"{name}-db": {"bridge_environment": name, "bridge_backup_status_file": str(markers / f"{name}.json")}
-        for name in ("fresh", "stale", "failed", "missing")
+        for name in ("fresh", "stale", "failed", "missing", "garbled")
     }
     report = tmp_path / "report"
     result = playbook(inventory(tmp_path, hosts, bridge_backup_report_dir=str(report)), "backup_status")
@@ -66,11 +67,13 @@ def test_backup_status_collects_every_marker_and_fails_naming_the_bad_ones(tmp_p
     assert "stale-db: STALE (finished" in out and "30.0 h ago" in out
     assert "failed-db: FAILED (finished" in out and "pg_dump failed: disk full" in out
     assert "missing-db: MISSING" in out
+    assert "garbled-db: UNREADABLE" in out
     named = re.search(r"backups not ok on: ([^(]+) \(see", out)
-    assert named and set(named.group(1).split(", ")) == {"stale-db", "failed-db", "missing-db"}, out
+    assert named and set(named.group(1).split(", ")) == {"stale-db", "failed-db", "missing-db", "garbled-db"}, out
     collected = {p.stem: json.loads(p.read_text()) for p in report.glob("*.json")}
     assert {k: v["state"] for k, v in collected.items()} == {
-        "fresh-db": "ok", "stale-db": "STALE", "failed-db": "FAILED", "missing-db": "MISSING"}  # fmt: skip
+        "fresh-db": "ok", "stale-db": "STALE", "failed-db": "FAILED", "missing-db": "MISSING",
+        "garbled-db": "UNREADABLE"}  # fmt: skip
     assert collected["fresh-db"]["marker"]["path"] == "/srv/backups/fresh.dump"
 
     # all fresh: the playbook passes; a larger max age forgives the stale one
