@@ -247,7 +247,9 @@ def test_without_a_config_and_without_any_connection_setting_nothing_is_migrated
     assert resolve_target(builtin_config(), "default").environment.name == "default"
 
 
-def test_package_mode_rollback_asks_whether_pg_variables_or_a_url_name_the_database(db, migrations, monkeypatch, tmp_path):
+def test_package_mode_rollback_asks_whether_pg_variables_or_a_url_name_the_database(
+    db, migrations, monkeypatch, tmp_path
+):
     """Without a config, `DATABASE_URL=... bridge-db rollback` asked first (no terminal: exit 9), but
     `PGHOST=... PGDATABASE=... bridge-db rollback` rolled the same database back unasked, and its
     target read "default: (default socket):5432/?"."""
@@ -301,7 +303,9 @@ def test_deploy_extra_cannot_send_an_inventorys_host_to_another_environment(extr
 def test_deploy_extra_still_passes_ordinary_variables():
     from test_playbooks import _invoke
 
-    out = _invoke("deploy", "--env", "staging", "--playbook", "rollback", "--check", "--extra", "bridge_rollback_steps=1")
+    out = _invoke(
+        "deploy", "--env", "staging", "--playbook", "rollback", "--check", "--extra", "bridge_rollback_steps=1"
+    )
     assert "pass -e bridge_rollback_steps=N" not in out.stdout and "cannot connect to staging" in out.stdout
 
 
@@ -349,7 +353,9 @@ def test_an_environments_toml_of_another_user_above_the_working_folder_is_not_us
     (shared / "work").mkdir(parents=True)
     shared.chmod(0o1777)
     planted = shared / "environments.toml"
-    planted.write_text('[defaults]\nmigrations_dir = "x"\n[environments.dev]\nhost = "127.0.0.1"\ndatabase = "theirs"\n')
+    planted.write_text(
+        '[defaults]\nmigrations_dir = "x"\n[environments.dev]\nhost = "127.0.0.1"\ndatabase = "theirs"\n'
+    )
     os.chown(planted, 65534, 65534)  # nobody
     out = run_cli("status", cwd=shared / "work")
     assert out.returncode == 2 and "another user owns it" in out.stderr, out.stdout + out.stderr
