@@ -58,7 +58,11 @@ def fleet_config(folder: Path, hosts: int, first_port: int) -> Path:
 
 
 def run_playbook(
-    inventory: Path, group_vars: Path, serial: str | None, book: str = "prod_migrate", extra: tuple[str, ...] = ()
+    inventory: Path,
+    group_vars: Path | None,
+    serial: str | None,
+    book: str = "prod_migrate",
+    extra: tuple[str, ...] = (),
 ) -> float:
     started = time.perf_counter()
     done = subprocess.run(
@@ -66,8 +70,7 @@ def run_playbook(
             str(BIN / "ansible-playbook"),
             "-i",
             str(inventory),
-            "-e",
-            f"@{group_vars}",
+            *(["-e", f"@{group_vars}"] if group_vars else []),
             "-e",
             "bridge_confirm=true",
             *(["-e", json.dumps({"bridge_serial": json.loads(serial)})] if serial else []),
@@ -160,8 +163,10 @@ def measure_ssh(hosts: int, first_port: int, serial: str | None) -> dict:
     inventory.write_text(
         f"plugin: omninode.bridge.environments\nproject_dir: {ROOT}\nconfig: {config}\ngroup: production\n"
     )
-    group_vars = folder / "vars.yml"
-    group_vars.write_text(SSH_VARS.format(state=state))
+    # group_vars beside the inventory: for its hosts only (an extra variable would reach localhost too)
+    (folder / "group_vars").mkdir()
+    (folder / "group_vars" / "production.yml").write_text(SSH_VARS.format(state=state))
+    group_vars = None
     vault = folder / "vault.yml"
     up_down = ["--config", str(config), "--state", str(state), "--vault-vars", str(vault)]
     vault_args = ("--vault-password-file", str(state / "vault-pass"), "-e", f"@{vault}")
