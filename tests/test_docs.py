@@ -94,7 +94,10 @@ def test_each_role_documents_every_variable(role):
 
 
 def test_the_roles_are_the_bridge_roles():
-    assert ROLES == ["bridge_backup", "bridge_db_install", "bridge_extensions", "bridge_migrations", "bridge_privileges"]
+    assert ROLES == [
+        "bridge_backup", "bridge_db_install", "bridge_extensions", "bridge_migrations", "bridge_privileges",
+        "postgresql_pitr",
+    ]  # fmt: skip
 
 
 DOCS = [
