@@ -42,6 +42,7 @@ def test_the_expected_playbooks_are_tested():
         "dev_migrate.yml",
         "prod_migrate.yml",
         "restore.yml",
+        "restore_pitr.yml",
         "rollback.yml",
         "schedule_backups.yml",
         "setup.yml",
