@@ -407,3 +407,73 @@ def test_restore_point_names_fit_postgresql_s_limit():
     longest = restore_point_name(str(uuid.uuid4()), 2**31 - 1)
     assert len(longest.encode()) <= MAX_RESTORE_POINT_NAME
     assert restore_point_name("r", None) == "bridge-r-before-000"
+
+
+@pytest.fixture
+def own_archived():
+    """A cluster of one test's own, for what changes the cluster itself (the live replacement)."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    base = Path("/var/tmp") / f"bridge-pitr-live-{uuid.uuid4().hex[:8]}"
+    base.mkdir()
+    shutil.chown(base, OS_USER, OS_USER)
+    cluster = ArchivedCluster(base, 58100 + 10 * worker + 5)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cluster.down()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_live_cluster_is_replaced_only_confirmed_and_stopped(own_archived, migrations_copy, tmp_path):
+    cluster = own_archived
+    migrations = with_probe(migrations_copy)
+    engine.migrate(make_target(cluster.dsn()), discover_migrations(migrations), to_version=7)
+    before = cluster.sql("bridge", "INSERT INTO pitr_probe SELECT FROM generate_series(1, 10) RETURNING id")
+    cluster.sql("bridge", "SELECT pg_create_restore_point('before_the_mistake')")
+    after = cluster.sql("bridge", "INSERT INTO pitr_probe SELECT FROM generate_series(1, 10) RETURNING id")
+    cluster.archive_all()
+    config = cluster.config(tmp_path, migrations)
+    args = ("pitr", "restore", "--to", "before_the_mistake", "--replace-live", "--config", str(config), "--env", "prod")
+    cluster.cluster.down()
+    control = (cluster.cluster.data_dir / "global" / "pg_control").read_bytes()
+    refused = run_cli(*args)  # no terminal, no --yes
+    assert refused.returncode == 9, refused.stdout + refused.stderr
+    assert "not confirmed" in refused.stderr
+    assert (cluster.cluster.data_dir / "global" / "pg_control").read_bytes() == control  # nothing changed
+    replaced = run_cli(*args, "--yes", "--json", timeout=600)
+    assert replaced.returncode == 0, replaced.stdout + replaced.stderr
+    assert json.loads(replaced.stdout)["live"] is True
+    cluster.cluster.up()  # replays to the restore point and promotes
+    while cluster.sql("postgres", "SELECT pg_is_in_recovery()")[0][0]:
+        time.sleep(0.2)
+    ids = {r[0] for r in cluster.sql("bridge", "SELECT id FROM pitr_probe")}
+    assert {r[0] for r in before} <= ids and not {r[0] for r in after} & ids
+
+
+def test_restore_pitr_yml_runs_the_drill(archived, migrations_copy, tmp_path):
+    import sys
+
+    reset_database(archived)
+    migrations = with_probe(migrations_copy)
+    engine.migrate(make_target(archived.dsn()), discover_migrations(migrations), to_version=7)
+    lsn = archived.sql("bridge", "SELECT pg_current_wal_insert_lsn()::text")[0][0]
+    archived.sql("bridge", "INSERT INTO pitr_probe DEFAULT VALUES")
+    archived.archive_all()
+    config = archived.config(tmp_path, migrations)
+    root = Path(__file__).resolve().parents[1]
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text(
+        f"[bridge_db]\nlocalhost ansible_connection=local bridge_config={config} bridge_environment=prod "
+        f"bridge_project_dir={root}\n"
+    )
+    bindir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_DB_", "ANSIBLE_"))}
+    out = subprocess.run(
+        [str(bindir / "ansible-playbook"), "-i", str(inventory), str(root / "playbooks" / "restore_pitr.yml"), "-e",
+         json.dumps({"bridge_pitr_to": lsn, "bridge_pitr_port": archived.port + 4,
+                     "bridge_pitr_cli": str(bindir / "bridge-db"), "ansible_python_interpreter": sys.executable})],
+        capture_output=True, text=True, timeout=600, cwd=root, env=env | {"ANSIBLE_CONFIG": str(root / "ansible.cfg")},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "lsn " + lsn in out.stdout and "head 7" in out.stdout

@@ -488,7 +488,7 @@ def _replace_live(target: Target, settings: PitrSettings, kind: str, to: str, co
             "or restore into a scratch cluster first (without --replace-live)",
         )
     info = stanza_info(settings)
-    backup_set, notes = _choose_set(info, kind, to, None if kind == "name" else None)
+    backup_set, notes = _choose_set(info, kind, to, None)  # the log is in the stopped cluster: no LSN for a name
     question = (
         f"Replace the data folder of stanza {settings.stanza} ({target.label}) with backup {backup_set} "
         f"recovered to {to}? Everything written after that target is lost."
