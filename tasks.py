@@ -216,10 +216,10 @@ def test(c, args="", molecule=True, pg="all"):
         molecule_(c)
 
 
-@task(name="molecule", help={"scenario": "one scenario (default: all, i.e. default and fleet)"})
+@task(name="molecule", help={"scenario": "one scenario (default: all, i.e. default, fleet and pitr)"})
 def molecule_(c, scenario=None):
     """Molecule scenarios against real local clusters: syntax, converge, idempotence, verify."""
-    for name in [scenario] if scenario else ["default", "fleet"]:
+    for name in [scenario] if scenario else ["default", "fleet", "pitr"]:
         c.run(f"{BIN / 'molecule'} test -s {name}", pty=False, env=TOOLS_ENV)
 
 
