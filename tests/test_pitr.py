@@ -477,3 +477,15 @@ def test_restore_pitr_yml_runs_the_drill(archived, migrations_copy, tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "lsn " + lsn in out.stdout and "head 7" in out.stdout
+
+
+def test_a_production_rollback_takes_its_restore_point_too(archived, migrations_copy, tmp_path):
+    reset_database(archived)
+    migrations = discover_migrations(with_probe(migrations_copy))
+    engine.migrate(make_target(archived.dsn()), migrations, to_version=7)
+    target = make_target(archived.dsn(), backup_before_migrate=True, single_transaction=True)
+    result = engine.rollback(target, migrations, steps=1, backup_dir=tmp_path)
+    assert result.head_after == 6 and result.restore_point["name"] == f"bridge-{result.run_id}-before-007"
+    logged = archived.sql("bridge", "SELECT action, details->'restore_point'->>'lsn' FROM schema_migrations_log "
+                                    "WHERE run_id = %s", (result.run_id,))  # fmt: skip
+    assert logged == [("rollback", result.restore_point["lsn"])]

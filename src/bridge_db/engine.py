@@ -265,12 +265,13 @@ def _execute(
                 cur.execute("SELECT current_database()")  # named as the server says (a service, PGDATABASE)
                 _confirm_plan(confirm, target, direction, plan, cur.fetchone()[0])
             post_check = None
-            archive = _archive_before_run(cur, target, result, progress) if guarded else None
             if guarded:
+                # the archive is judged before the backup (a refusal costs nothing); the restore point is
+                # taken after it, the closest it can be to the first DDL
+                archive = _archive_before_run(cur, target, result, progress)
                 result.backup = _backup_first(target, backup_dir, run, progress)
-            if archive is not None:
-                result.restore_point = _restore_point_first(cur, target, run, result, progress)
-            if guarded:
+                if archive is not None:
+                    result.restore_point = _restore_point_first(cur, target, run, result, progress)
                 if up:
                     post_check = _declared_schema_check(migrations, applied, plan)
             state = RunState(conn, target, direction, run, progress, total=len(plan))
