@@ -28,7 +28,8 @@ from conftest import make_target, run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("pgbackrest") is None, reason="pgbackrest is not installed")
 
-OS_USER = "postgres"
+# root runs the clusters and pgBackRest as postgres (PostgreSQL refuses root); anyone else as themselves
+OS_USER = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
 STANZA = "bridge_test"
 PROBE = """CREATE TABLE IF NOT EXISTS pitr_probe (
     id          bigserial   PRIMARY KEY,
@@ -41,10 +42,8 @@ PROBE = """CREATE TABLE IF NOT EXISTS pitr_probe (
 def as_postgres(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     entry = pwd.getpwnam(OS_USER)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")} | {"HOME": entry.pw_dir}
-    result = subprocess.run(
-        list(cmd), user=entry.pw_uid, group=entry.pw_gid, extra_groups=[], capture_output=True, text=True,
-        env=env, cwd="/", timeout=600,
-    )  # fmt: skip
+    who = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []} if os.geteuid() == 0 else {}
+    result = subprocess.run(list(cmd), capture_output=True, text=True, env=env, cwd="/", timeout=600, **who)
     assert not check or result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -57,7 +56,7 @@ class ArchivedCluster:
         from bridge_db.embedded import EmbeddedCluster
 
         self.base, self.port = base, port
-        self.cluster = EmbeddedCluster(base, port, service_user=OS_USER)
+        self.cluster = EmbeddedCluster(base, port, service_user=OS_USER if os.geteuid() == 0 else None)
         self.repo = base / "repo"
         self.conf = base / "pgbackrest.conf"
 
