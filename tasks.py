@@ -87,6 +87,14 @@ lint_migrations = verb_task("lint", name="lint-migrations")
 db_up = verb_task("db", "up", "Start the embedded dev database (initialise it the first time).", action="up")
 db_down = verb_task("db", "down", "Stop the embedded dev database (its data stays in .devdb/).", action="down")
 db_status = verb_task("db", "status", "Whether the embedded dev database runs, where, how to connect.", action="status")
+pitr_status = verb_task(
+    "pitr", "status", "WAL archive health, the last full/diff pgBackRest backups, the runs' restore points.",
+    action="status",
+)  # fmt: skip
+pitr_restore = verb_task(
+    "pitr", "restore", "Restore to a restore point, time or LSN: a scratch cluster by default (the drill).",
+    action="restore",
+)  # fmt: skip
 
 
 MIGRATE_PLAYBOOK = {"production": "prod_migrate"}
@@ -208,10 +216,10 @@ def test(c, args="", molecule=True, pg="all"):
         molecule_(c)
 
 
-@task(name="molecule", help={"scenario": "one scenario (default: all, i.e. default, fleet and remote)"})
+@task(name="molecule", help={"scenario": "one scenario (default: all, i.e. default, fleet, pitr and remote)"})
 def molecule_(c, scenario=None):
     """Molecule scenarios against real local clusters: syntax, converge, idempotence, verify."""
-    for name in [scenario] if scenario else ["default", "fleet", "remote"]:
+    for name in [scenario] if scenario else ["default", "fleet", "pitr", "remote"]:
         c.run(f"{BIN / 'molecule'} test -s {name}", pty=False, env=TOOLS_ENV)
 
 
@@ -312,6 +320,7 @@ if any(not a.startswith("-") for a in args):
 
 
 db = Collection("db", db_up, db_down, db_status)
+pitr = Collection("pitr", pitr_status, pitr_restore)
 ns = Collection(
     migrate,
     rollback,
@@ -336,4 +345,5 @@ ns = Collection(
     lint_migrations,
     sanity_,
     db,
+    pitr,
 )

@@ -157,7 +157,7 @@ fig.savefig({str(path)!r}, dpi=110)
     subprocess.run([str(bench_py), "-c", code], check=True)
 
 
-def report(compare, backup, live, fleet, info) -> str:
+def report(compare, backup, live, fleet, info, pitr=None) -> str:
     floor = compare["psql -1 (floor)"]
     lines = [
         "# Benchmarks",
@@ -220,6 +220,10 @@ def report(compare, backup, live, fleet, info) -> str:
         ],
         "",
     ]
+    if pitr:
+        from pitr import markdown  # benchmarks/pitr.py
+
+        lines += [markdown(pitr)]
     return "\n".join(lines)
 
 
@@ -232,7 +236,7 @@ def main() -> None:
         "--only",
         nargs="*",
         default=None,
-        choices=["compare", "live", "fleet", "backup"],
+        choices=["compare", "live", "fleet", "backup", "pitr"],
         help="rerun only these; reuse the others' last results from .bench/results",
     )
     args = parser.parse_args()
@@ -242,6 +246,7 @@ def main() -> None:
         "live": ("live_load.py", [], False),
         "fleet": ("prod_migrate_fleet.py", ["--hosts", "1", "3", "10", "--mode", "local", "ssh"], True),
         "backup": ("backup_throughput.py", ["--size-gb", str(args.size_gb), "--runs", str(args.backup_runs)], True),
+        "pitr": ("pitr.py", ["--size-gb", str(args.size_gb)], True),
     }
     results = {}
     for name, (script, script_args, stdout_json) in jobs.items():
@@ -254,7 +259,7 @@ def main() -> None:
     info["interpreter start (ms)"] = interpreter_start_ms()
     chart(results["compare"], ROOT / "docs" / "benchmarks.png")
     (ROOT / "docs" / "benchmarks.md").write_text(
-        report(results["compare"], results["backup"], results["live"], results["fleet"], info)
+        report(results["compare"], results["backup"], results["live"], results["fleet"], info, results["pitr"])
     )
     print("bench: wrote docs/benchmarks.md and docs/benchmarks.png", file=sys.stderr)
 

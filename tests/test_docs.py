@@ -104,6 +104,7 @@ def test_the_roles_are_the_bridge_roles():
         "bridge_extensions",
         "bridge_migrations",
         "bridge_privileges",
+        "postgresql_pitr",
     ]
 
 

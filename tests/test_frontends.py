@@ -34,7 +34,8 @@ ANSIBLE_ONLY = {"project_dir", "password", "state", "preload"}
 # A fleet run must name its environment: required in Ansible ($BRIDGE_DB_ENV satisfies it), optional on
 # the command line where dev is the default.
 ANSIBLE_REQUIRED = {"environment"}
-INVOKE_TASKS = {verb: verb for verb in options.VERBS if verb not in ("db", "lint")} | {"lint": "lint-migrations"}
+INVOKE_TASKS = {verb: verb for verb in options.VERBS if verb not in ("db", "lint", "pitr")} | {"lint": "lint-migrations"}
+ACTION_TASKS = {"db": ("up", "down", "status"), "pitr": ("status", "restore")}  # a collection, a task per action
 
 
 def _cli_options(verb: str) -> set[str]:
@@ -44,7 +45,7 @@ def _cli_options(verb: str) -> set[str]:
 
 
 def _invoke_options(name: str) -> set[str]:
-    task = tasks.ns[name] if "." not in name else tasks.ns.collections["db"][name.split(".")[1]]
+    task = tasks.ns[name] if "." not in name else tasks.ns.collections[name.split(".")[0]][name.split(".")[1]]
     return set(task.argspec(task.body).parameters)
 
 
@@ -56,14 +57,14 @@ def _module(name: str):
 def test_cli_and_invoke_take_the_same_options_as_the_table(verb):
     declared = {o.name for o in options.for_verb(verb)}
     assert _cli_options(verb) == declared
-    if verb == "db":
-        for action in ("up", "down", "status"):
-            assert _invoke_options(f"db.{action}") == declared - {"action"}
+    if verb in ACTION_TASKS:
+        for action in ACTION_TASKS[verb]:
+            assert _invoke_options(f"{verb}.{action}") == declared - {"action"}
     else:
         assert _invoke_options(INVOKE_TASKS[verb]) == declared
 
 
-@pytest.mark.parametrize("verb", [v for v in options.VERBS if v != "db"])
+@pytest.mark.parametrize("verb", [v for v in options.VERBS if v not in ACTION_TASKS])
 def test_invoke_help_is_the_table_help(verb):
     task = tasks.ns[INVOKE_TASKS[verb]]
     assert task.help == {o.name: o.help_text(verb) for o in options.for_verb(verb)}
@@ -113,7 +114,7 @@ def test_every_invoke_task_has_help():
     assert {"migrate", "db.up", "lint", "sanity", "deploy"} <= set(names)
     missing = []
     for name in names:
-        task = tasks.ns[name] if "." not in name else tasks.ns.collections["db"][name.split(".")[1]]
+        task = tasks.ns[name] if "." not in name else tasks.ns.collections[name.split(".")[0]][name.split(".")[1]]
         if not (task.__doc__ or "").strip():
             missing.append(f"{name}: no docstring")
         for param in task.argspec(task.body).parameters:

@@ -44,6 +44,7 @@ def test_the_expected_playbooks_are_tested():
         "install.yml",
         "prod_migrate.yml",
         "restore.yml",
+        "restore_pitr.yml",
         "rollback.yml",
         "schedule_backups.yml",
         "setup.yml",

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .lint import Finding
     from .monitoring import StatsReport
     from .pgbuilds import Build
+    from .pitr import PitrRestoreResult, PitrStatus
     from .privileges import PrivilegeReport
 
 Confirm = Callable[[str], bool]
@@ -366,6 +367,37 @@ class Bridge:
         return restore_backup(
             target, self.admin(admin_dsn), Path(file), target_db=target_db, overwrite=overwrite,
             confirm=confirm or (lambda _question: False), jobs=jobs,
+        )  # fmt: skip
+
+    # ----------------------------------------------------------------------- point-in-time recovery
+
+    def pitr_status(self) -> PitrStatus:
+        from .pitr import pitr_status
+
+        target = self.target
+        return pitr_status(target, self.config.pitr_config(target.environment))
+
+    def pitr_restore(
+        self,
+        to: str | None,
+        *,
+        scratch_dir: str | os.PathLike | None = None,
+        port: int | None = None,
+        keep: bool = False,
+        replace_live: bool = False,
+        confirm: Confirm | None = None,
+    ) -> PitrRestoreResult:
+        from .pitr import pitr_restore
+
+        if not to:
+            raise UsageError("pitr restore needs --to", "e.g. --to bridge-<run id>-before-006 (see `pitr status`)")
+        if replace_live and (keep or scratch_dir or port):
+            raise UsageError("--replace-live restores the live cluster: --keep, --scratch-dir and --port do not apply",
+                             "drop them, or drop --replace-live for a scratch cluster")  # fmt: skip
+        target = self.target
+        return pitr_restore(
+            target, self.config.pitr_config(target.environment), to, scratch_dir=scratch_dir, port=port, keep=keep,
+            replace_live=replace_live, confirm=confirm, admin_user=target.environment.policy.admin_user or None,
         )  # fmt: skip
 
     # ----------------------------------------------------------------------- the embedded cluster

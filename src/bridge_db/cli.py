@@ -278,6 +278,15 @@ def cmd_restore(b: Bridge, a: SimpleNamespace) -> int:
     return _show(a, result, lambda: render.restored(result))
 
 
+def cmd_pitr(b: Bridge, a: SimpleNamespace) -> int:
+    if a.action == "status":
+        report = b.pitr_status()
+        return _show(a, report, lambda: render.pitr_status(report), 0 if report.ok else 8)
+    result = b.pitr_restore(a.to, scratch_dir=a.scratch_dir, port=a.port, keep=a.keep, replace_live=a.replace_live,
+                            confirm=confirmer(a.yes))  # fmt: skip
+    return _show(a, result, lambda: render.pitr_restored(result))
+
+
 def cmd_db(b: Bridge, a: SimpleNamespace) -> int:
     status, database = b.db(a.action)
     return _show(a, status, lambda: render.cluster(status, database))
@@ -303,6 +312,7 @@ COMMANDS: dict[str, Callable[[Bridge, SimpleNamespace], int]] = {
     "backups": cmd_backups,
     "prune": cmd_prune,
     "restore": cmd_restore,
+    "pitr": cmd_pitr,
     "db": cmd_db,
     "tools": cmd_tools,
 }

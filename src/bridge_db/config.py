@@ -35,7 +35,7 @@ OTHER_KEYS = {"embedded", "embedded_dir", "migrations_dir"}
 # Keys that would put a secret in a versioned file.
 BUILTIN_ENVIRONMENT = "default"  # the one environment when there is no environments.toml
 FORBIDDEN_KEYS = {"password", "passwd", "pass", "dsn", "url"}
-CHOICES = {"backup_format": ("custom", "directory")}
+CHOICES = {"backup_format": ("custom", "directory"), "archive_failure": ("warn", "refuse")}
 ROLE_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 # The longest wait PostgreSQL's lock_timeout can express (INT_MAX milliseconds).
@@ -75,6 +75,12 @@ class Policy:
     keep_last: int = 7  # retention: the newest N backups ...
     keep_daily: int = 7  # ... plus the newest of each of the last D days ...
     keep_weekly: int = 4  # ... plus the newest of each of the last W weeks
+    # Point-in-time recovery (pgBackRest, docs/recovery.md). A production run (backup_before_migrate)
+    # takes a restore point before its first DDL unless restore_points is false.
+    restore_points: bool = True
+    archive_failure: str = "warn"  # a failing WAL archive before a production run: warn, or refuse (exit 9)
+    pitr_stanza: str = "bridge"  # the pgBackRest stanza of the environment's cluster
+    pitr_config: str = ""  # pgbackrest.conf ("" = pgBackRest's own default, /etc/pgbackrest/pgbackrest.conf)
 
 
 POLICY_DEFAULTS: dict[str, object] = {f.name: f.default for f in fields(Policy)}
@@ -124,6 +130,13 @@ class Config:
         """backup_dir with {env} filled in, relative to the project root unless absolute."""
         folder = Path(environment.policy.backup_dir.replace("{env}", environment.name))
         return folder if folder.is_absolute() else self.project_root / folder
+
+    def pitr_config(self, environment: Environment) -> Path | None:
+        """pitr_config relative to the project root unless absolute; None: pgBackRest's own default."""
+        if not environment.policy.pitr_config:
+            return None
+        path = Path(environment.policy.pitr_config).expanduser()
+        return path if path.is_absolute() else self.project_root / path
 
     def environment(self, name: str) -> Environment:
         if not ENV_NAME_RE.match(name or ""):

@@ -91,6 +91,8 @@ class RunResult:
     single_transaction: bool = False
     run_id: str | None = None
     backup: str | None = None  # the backup taken before this run (production policy)
+    restore_point: dict | None = None  # {"name", "lsn"}: pg_create_restore_point before the first DDL
+    warnings: list[str] = field(default_factory=list)  # said once each, before any DDL
 
     def as_dict(self) -> dict:
         data = dict(self.__dict__)
@@ -114,6 +116,8 @@ class Progress:
     def waiting_for_backup_folder(self, folder: Path, wait_seconds: float) -> None: ...
 
     def retrying(self, migration: Migration, attempt: int, retries: int, delay: float, blockers: list) -> None: ...
+
+    def warning(self, message: str) -> None: ...
 
 
 # --------------------------------------------------------------------------- migrate and rollback
@@ -262,7 +266,12 @@ def _execute(
                 _confirm_plan(confirm, target, direction, plan, cur.fetchone()[0])
             post_check = None
             if guarded:
+                # the archive is judged before the backup (a refusal costs nothing); the restore point is
+                # taken after it, the closest it can be to the first DDL
+                archive = _archive_before_run(cur, target, result, progress)
                 result.backup = _backup_first(target, backup_dir, run, progress)
+                if archive is not None:
+                    result.restore_point = _restore_point_first(cur, target, run, result, progress)
                 if up:
                     post_check = _declared_schema_check(migrations, applied, plan)
             state = RunState(conn, target, direction, run, progress, total=len(plan))
@@ -676,6 +685,120 @@ def _backup_first(target: Target, backup_dir: Path | None, run: RunContext, prog
     result = take_backup(target, backup_dir, on_wait=progress.waiting_for_backup_folder)
     run.details.update(backup=result.path, backup_sha256=result.manifest.sha256)
     return result.path
+
+
+# --------------------------------------------------------------------------- restore points (docs/recovery.md)
+
+MAX_RESTORE_POINT_NAME = 63  # MAXFNAMELEN - 1: pg_create_restore_point refuses a longer name
+_GRANT_RESTORE_POINT = "GRANT EXECUTE ON FUNCTION pg_create_restore_point(text), pg_switch_wal() TO {user}"
+
+
+def restore_point_name(run_id: str, head: int | None) -> str:
+    """bridge-<run id>-before-<head>: names the run and the head it started from (at most 61 bytes)."""
+    name = f"bridge-{run_id}-before-{head or 0:03d}"
+    if len(name.encode()) > MAX_RESTORE_POINT_NAME:
+        raise AssertionError(f"restore point name too long: {name}")  # a uuid and an int cannot make it
+    return name
+
+
+@dataclass
+class ArchiveState:
+    mode: str  # archive_mode: off | on | always
+    last_archived_wal: str | None
+    last_archived_at: datetime | None
+    last_failed_wal: str | None
+    last_failed_at: datetime | None
+
+    @property
+    def on(self) -> bool:
+        return self.mode != "off"
+
+    @property
+    def failing(self) -> bool:
+        """The archiver's newest attempt failed: WAL piles up in pg_wal and nothing newer is recoverable."""
+        return self.on and self.last_failed_at is not None and (
+            self.last_archived_at is None or self.last_failed_at > self.last_archived_at
+        )
+
+
+def read_archive_state(cur) -> ArchiveState:
+    cur.execute(
+        "SELECT current_setting('archive_mode'), last_archived_wal, last_archived_time, last_failed_wal, "
+        "last_failed_time FROM pg_stat_archiver"
+    )
+    return ArchiveState(*cur.fetchone())
+
+
+def _archive_trouble(target: Target, result: RunResult, progress: Progress, cause: str, next_step: str) -> None:
+    """A production run cannot get its recovery point: warn once, or refuse (archive_failure = refuse)
+    before the backup and any DDL."""
+    if target.environment.policy.archive_failure == "refuse":
+        raise RefusedByPolicy(
+            f"{cause}; archive_failure = refuse, so nothing was changed", next_step, archive_problem=cause
+        )
+    message = f"{cause}; going on without a restore point ({next_step})"
+    result.warnings.append(message)
+    progress.warning(message)
+
+
+def _archive_before_run(cur, target: Target, result: RunResult, progress: Progress) -> ArchiveState | None:
+    """Before a production run: is the WAL archive healthy? None when no restore point is to be taken."""
+    if not target.environment.policy.restore_points:
+        return None
+    archive = read_archive_state(cur)
+    if not archive.on:
+        message = (
+            "WAL archiving is off on this server (archive_mode = off): no restore point is taken, the backup "
+            "taken first is the way back (set up pgBackRest with the postgresql_pitr role, docs/recovery.md)"
+        )
+        result.warnings.append(message)
+        progress.warning(message)
+        return None
+    if archive.failing:
+        _archive_trouble(
+            target, result, progress,
+            f"the WAL archive is failing (last failed {archive.last_failed_wal} at "
+            f"{archive.last_failed_at:%Y-%m-%d %H:%M:%S%z}, last archived {archive.last_archived_wal or 'none'})",
+            "run `bridge-db pitr status` and fix the archive (the server log names the archive_command's error)",
+        )  # fmt: skip
+        return None
+    return archive
+
+
+def _restore_point_first(
+    cur, target: Target, run: RunContext, result: RunResult, progress: Progress
+) -> dict | None:
+    """pg_create_restore_point('bridge-<run id>-before-<head>') as the login user (not the owner role),
+    then pg_switch_wal() so that the segment holding it reaches the archive now; the name and LSN go
+    into every log row of the run (details.restore_point)."""
+    name = restore_point_name(run.run_id, result.head_before)
+    cur.execute("RESET ROLE")  # the grant is the migration user's; _fresh_session sets the owner role again
+    try:
+        cur.execute("SELECT pg_create_restore_point(%s)::text, current_user", (name,))
+        lsn, user = cur.fetchone()
+    except psycopg2.errors.InsufficientPrivilege:
+        cur.execute("SELECT current_user")
+        user = cur.fetchone()[0]
+        _archive_trouble(
+            target, result, progress,
+            f"{user} may not create a restore point (pg_create_restore_point needs a superuser or a grant)",
+            "as a superuser, in this database: " + _GRANT_RESTORE_POINT.format(user=user),
+        )  # fmt: skip
+        return None
+    point = {"name": name, "lsn": lsn}
+    try:
+        cur.execute("SELECT pg_switch_wal()")
+    except psycopg2.errors.InsufficientPrivilege:
+        message = (
+            f"restore point {name} created, but {user} may not force its WAL segment to the archive "
+            "(pg_switch_wal); it is archived when the segment fills or at archive_timeout. As a superuser, in this "
+            "database: "
+            + _GRANT_RESTORE_POINT.format(user=user)
+        )
+        result.warnings.append(message)
+        progress.warning(message)
+    run.details["restore_point"] = point
+    return point
 
 
 def _declared_schema_check(migrations: list[Migration], applied: dict, plan: list[Migration]):

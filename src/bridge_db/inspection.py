@@ -32,6 +32,7 @@ class StatusReport:
     head: int | None
     migrations: list[MigrationState]
     problems: list[str]
+    last_restore_point: dict | None = None  # the newest production run's, from schema_migrations_log
 
     @property
     def pending(self) -> int:
@@ -44,6 +45,7 @@ class StatusReport:
             "pending": self.pending,
             "problems": self.problems,
             "migrations": [dict(m.__dict__) for m in self.migrations],
+            "last_restore_point": self.last_restore_point,
         }
 
 
@@ -72,11 +74,27 @@ def status(target: Target, migrations: list[Migration]) -> StatusReport:
     try:
         with conn.cursor() as cur:
             applied = read_applied(cur)
+            points = recorded_restore_points(cur, limit=1) if applied else []
     except psycopg2.Error as exc:
         raise _database_error(target, conn, exc) from None
     finally:
         conn.close()
-    return _status_report(target, migrations, applied)
+    report = _status_report(target, migrations, applied)
+    report.last_restore_point = points[0] if points else None
+    return report
+
+
+def recorded_restore_points(cur, limit: int = 20) -> list[dict]:
+    """The restore points production runs recorded (details.restore_point of their log rows), newest first."""
+    cur.execute(
+        "SELECT run_id::text, min(action), min(started_at), min(details->'restore_point'->>'name'), "
+        "min(details->'restore_point'->>'lsn'), min(version), max(version), bool_and(success) "
+        "FROM public.schema_migrations_log WHERE details ? 'restore_point' "
+        "GROUP BY run_id ORDER BY min(id) DESC LIMIT %s",
+        (limit,),
+    )
+    keys = ("run_id", "action", "started_at", "name", "lsn", "first_version", "last_version", "success")
+    return [dict(zip(keys, row)) for row in cur.fetchall()]
 
 
 def _status_report(target: Target, migrations: list[Migration], applied: dict[int, AppliedMigration]) -> StatusReport:

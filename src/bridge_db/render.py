@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .engine import RunResult, StepResult
     from .inspection import StatusReport, VerifyReport
     from .monitoring import StatsReport
+    from .pitr import PitrRestoreResult, PitrStatus
     from .privileges import PrivilegeReport
 
 
@@ -87,6 +88,8 @@ def run_result(result: RunResult) -> None:
     done = "applied" if result.direction is Direction.UP else "rolled back"
     if result.backup:
         print(f"backup taken first: {result.backup}")
+    if result.restore_point:
+        print(f"restore point before it: {result.restore_point['name']} at {result.restore_point['lsn']}")
     print(
         f"{done} {len(result.steps)} migration(s) in {result.total_ms} ms; {result.target} is now at {head}"
         + (f" ({adopted} adopted existing objects)" if adopted else "")
@@ -272,6 +275,51 @@ def restored(result: RestoreResult) -> None:
 # --------------------------------------------------------------------------- embedded cluster, tools
 
 
+def pitr_status(report: PitrStatus) -> None:
+    print(f"{report.target}: stanza {report.stanza}, archive_mode {report.archive_mode}")
+    archived = report.last_archived_wal or "none"
+    when = f", {age(report.archive_age_seconds)} ago" if report.archive_age_seconds is not None else ""
+    print(f"  last archived WAL: {archived}{when}")
+    if report.last_failed_wal:
+        print(f"  last failed WAL:   {report.last_failed_wal} at {(report.last_failed_at or '')[:19]}")
+    for kind, entry in (("full", report.last_full), ("diff", report.last_diff)):
+        if entry:
+            print(f"  last {kind} backup:  {entry['label']} finished {(entry['finished_at'] or '')[:19]} "
+                  f"({size(entry['size_bytes'] or 0)})")  # fmt: skip
+        else:
+            print(f"  last {kind} backup:  none")
+    print(f"  repository: {report.repository}, {report.backups} backup(s)")
+    if report.restore_points:
+        rows = [("RESTORE POINT", "LSN", "RUN", "VERSIONS", "AT")]
+        for p in report.restore_points:
+            versions = f"{p['action']} {p['first_version']:03d}-{p['last_version']:03d}"
+            outcome = "ok" if p["success"] else "failed"
+            rows.append((p["name"], p["lsn"] or "-", outcome, versions, str(p["started_at"])[:19]))
+        table(rows)
+    else:
+        print("  no restore point recorded by a production run yet")
+    for problem in report.problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    print("archive: " + ("ok" if report.ok else "NOT OK"))
+
+
+def pitr_restored(result: PitrRestoreResult) -> None:
+    for text in result.notes:
+        note(text)
+    if result.live:
+        print(f"live cluster restored from {result.backup_set} to {result.target_type} {result.to}")
+        return
+    head = f"{result.head:03d}" if result.head else "none"
+    print(
+        f"restored {result.backup_set} to {result.target_type} {result.to} in a scratch cluster: "
+        f"{result.restore_seconds:.1f}s restore, {result.recovery_seconds:.1f}s replay; {result.database} is at {head}"
+    )
+    table([("TABLE", "ROWS"), *((name, str(n)) for name, n in result.row_counts.items())])
+    if result.kept:
+        print(f"kept running: psql -h {result.socket_dir} -p {result.port} -d {result.database}")
+        print(f"stop and remove it: {result.stop_command}")
+
+
 def cluster(status: ClusterStatus, database: str | None) -> None:
     state = f"running (pid {status.pid})" if status.running else ("stopped" if status.initialised else "not created")
     print(f"embedded dev database: {state}")
@@ -348,6 +396,10 @@ class HumanProgress(Progress):
             file=self.stream,
             flush=True,
         )
+
+    def warning(self, message: str) -> None:
+        self._stop_ticker(newline=True)
+        print(f"warning: {message}", file=self.stream, flush=True)
 
     def step_started(self, direction: Direction, migration: Migration, index: int, total: int) -> None:
         label = f"  [{index}/{total}] {'apply' if direction is Direction.UP else 'rollback'} {migration.label}"
