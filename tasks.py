@@ -83,6 +83,10 @@ backups = verb_task("backups")
 prune = verb_task("prune")
 restore = verb_task("restore")
 tools = verb_task("tools")
+history = verb_task("history")
+repair = verb_task("repair")
+baseline = verb_task("baseline")
+wait = verb_task("wait")
 lint_migrations = verb_task("lint", name="lint-migrations")
 db_up = verb_task("db", "up", "Start the embedded dev database (initialise it the first time).", action="up")
 db_down = verb_task("db", "down", "Stop the embedded dev database (its data stays in .devdb/).", action="down")
@@ -326,6 +330,10 @@ ns = Collection(
     backups,
     prune,
     restore,
+    history,
+    repair,
+    baseline,
+    wait,
     deploy,
     bench,
     molecule_,

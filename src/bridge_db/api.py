@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .extensions import ExtensionReport
     from .inspection import StatusReport, VerifyReport
     from .lint import Finding
+    from .maintenance import BaselineResult, HistoryReport, RepairedFile, RepairResult, WaitResult
     from .monitoring import StatsReport
     from .pgbuilds import Build
     from .privileges import PrivilegeReport
@@ -122,8 +123,10 @@ class Bridge:
         backup_dir: str | os.PathLike | None = None,
         warn: Callable[[str], None] | None = None,
         note: Callable[[str], None] | None = None,
+        wait_seconds: float = 0.0,
     ) -> None:
         self._env, self.dsn, self._config_path = env, dsn, config
+        self.wait_seconds = wait_seconds  # --wait / --wait-timeout: how long connecting may be retried
         self._migrations_dir, self._backup_dir = migrations_dir, backup_dir
         self.warn = warn or (lambda _message: None)
         self.note = note or self.warn
@@ -153,6 +156,10 @@ class Bridge:
         target = resolve_target(self.config, self.env, self.dsn)
         for text in target.notes:  # e.g. the DSN's own sslmode replaces the environment's
             self.note(text)
+        if self.wait_seconds:
+            from dataclasses import replace
+
+            target = replace(target, wait_seconds=self.wait_seconds)
         return target
 
     @cached_property
@@ -191,10 +198,11 @@ class Bridge:
         from . import engine
 
         target, migrations = self.target, self.migrations
-        return engine.migrate(
+        result = engine.migrate(
             target, migrations, to_version=to, dry_run=dry_run, single_transaction=single_transaction,
             lock_wait=lock_wait, progress=progress, confirm=confirm, backup_dir=self.backup_folder,
         )  # fmt: skip
+        return self._write_schema_file(result)
 
     def rollback(
         self,
@@ -210,10 +218,28 @@ class Bridge:
         from . import engine
 
         target, migrations = self.target, self.migrations
-        return engine.rollback(
+        result = engine.rollback(
             target, migrations, steps=steps, to_version=to, dry_run=dry_run, single_transaction=single_transaction,
             lock_wait=lock_wait, progress=progress, confirm=confirm, backup_dir=self.backup_folder,
         )  # fmt: skip
+        return self._write_schema_file(result)
+
+    def _write_schema_file(self, result: RunResult) -> RunResult:
+        """schema.sql beside the migrations after a run that changed something, where the policy says so
+        (dev): never through a DSN that reaches another database, never into the installed package. A
+        failure to write it is a warning: the migrations are committed and stay so."""
+        target = self.target
+        if result.dry_run or not result.steps or not target.environment.policy.schema_file or target.foreign:
+            return result
+        if self._migrations_dir is None and self.config.builtin:
+            return result
+        from .schema_file import write_schema_file
+
+        try:
+            result.schema_file = str(write_schema_file(target, self.migrations_dir))
+        except (BridgeDbError, OSError) as exc:
+            self.warn(f"schema.sql not written: {getattr(exc, 'message', exc)} (the run itself is committed)")
+        return result
 
     def status(self) -> StatusReport:
         from .inspection import status
@@ -221,11 +247,57 @@ class Bridge:
         target, migrations = self.target, self.migrations
         return status(target, migrations)
 
-    def verify(self) -> VerifyReport:
+    def verify(self, *, schema: bool = False) -> VerifyReport:
         from .inspection import verify
 
         target, migrations = self.target, self.migrations
-        return verify(target, migrations)
+        report = verify(target, migrations)
+        if schema:
+            from .schema_file import compare_with_file
+
+            comparison = compare_with_file(target, self.migrations_dir)
+            report.schema_file, report.schema_diff = comparison.file, comparison.differences
+            if comparison.differences:
+                changed = sum(1 for line in comparison.differences if line[:1] in "+-" and line[:3] not in "+++---")
+                report.problems.append(
+                    f"the live schema differs from {comparison.file} ({changed} line(s) differ; the diff is above): "
+                    "a migration without a schema.sql update, or drift in the database"
+                )
+        return report
+
+    def history(self, limit: int = 20) -> HistoryReport:
+        from .maintenance import history
+
+        return history(self.target, limit)
+
+    def repair(
+        self,
+        version: int | None = None,
+        *,
+        reason: str | None = None,
+        confirm: Confirm | None = None,
+        show: Callable[[RepairedFile], None] | None = None,
+    ) -> RepairResult:
+        from .maintenance import repair
+
+        if not reason or not reason.strip():  # before anything is read or connected
+            raise UsageError(
+                "repair needs --reason: it is recorded in the run log with who and when",
+                'e.g. repair 3 --reason "comment typo fixed in 003; statements unchanged"',
+            )
+        target, migrations = self.target, self.migrations
+        return repair(target, migrations, version, reason, confirm=confirm, show=show)
+
+    def baseline(self, to: int | None, *, confirm: Confirm | None = None) -> BaselineResult:
+        from .maintenance import baseline
+
+        target, migrations = self.target, self.migrations
+        return baseline(target, migrations, to, confirm=confirm)
+
+    def wait(self) -> WaitResult:
+        from .maintenance import wait_for
+
+        return wait_for(self.target)
 
     def reset(
         self,
@@ -242,7 +314,7 @@ class Bridge:
         engine.reset_schema(target, lock_wait=lock_wait, confirm=confirm)
         if on_reset:
             on_reset(target.label)
-        return engine.migrate(target, migrations, lock_wait=lock_wait, progress=progress)
+        return self._write_schema_file(engine.migrate(target, migrations, lock_wait=lock_wait, progress=progress))
 
     def new(self, name: str) -> NewMigration:
         from .discovery import scaffold_migration

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import __version__, render
 from .api import Bridge, tools
-from .errors import EXIT_CODES, BridgeDbError, RefusedByPolicy, Terminated, UsageError
+from .errors import EXIT_CODES, PENDING_EXIT_CODE, BridgeDbError, RefusedByPolicy, Terminated, UsageError
 from .options import VERB_HELP, VERBS, add_arguments, values_for
 from .output import hide_connection_strings, redacting, run_log, secrets_in
 
@@ -82,10 +82,21 @@ def execute(verb: str, given: Mapping[str, Any], secrets: list[str] | None = Non
         bridge = Bridge(
             getattr(a, "env", None), getattr(a, "dsn", None), getattr(a, "config", None),
             getattr(a, "migrations_dir", None), getattr(a, "backup_dir", None), warn=render.warn, note=render.note,
+            wait_seconds=_wait_seconds(verb, a),
         )  # fmt: skip
         # redaction inside the run log's copy, so that the log file gets the redacted text too
         with run_log(verb, bridge, bool(getattr(a, "dry_run", False))), redacting(secrets):
             return _dispatch(verb, bridge, a)
+
+
+def _wait_seconds(verb: str, a: SimpleNamespace) -> float:
+    """--wait-timeout S (which implies --wait), else --wait's default; `wait` always waits."""
+    from .options import DEFAULT_WAIT_SECONDS
+
+    timeout = getattr(a, "wait_timeout", None)
+    if timeout is not None:
+        return timeout
+    return DEFAULT_WAIT_SECONDS if verb == "wait" or getattr(a, "wait", False) else 0.0
 
 
 @contextmanager
@@ -220,12 +231,34 @@ def cmd_reset(b: Bridge, a: SimpleNamespace) -> int:
 
 def cmd_status(b: Bridge, a: SimpleNamespace) -> int:
     report = b.status()
-    return _show(a, report, lambda: render.status(report), 5 if report.problems else 0)
+    code = 5 if report.problems else PENDING_EXIT_CODE if a.exit_code and report.pending else 0
+    return _show(a, report, lambda: render.status(report), code)
 
 
 def cmd_verify(b: Bridge, a: SimpleNamespace) -> int:
-    report = b.verify()
+    report = b.verify(schema=a.schema)
     return _show(a, report, lambda: render.verify(report), 0 if report.ok else 5)
+
+
+def cmd_history(b: Bridge, a: SimpleNamespace) -> int:
+    report = b.history(a.limit)
+    return _show(a, report, lambda: render.history(report))
+
+
+def cmd_repair(b: Bridge, a: SimpleNamespace) -> int:
+    result = b.repair(a.version, reason=a.reason, confirm=confirmer(a.yes),
+                      show=None if a.json else render.repair_change)  # fmt: skip
+    return _show(a, result, lambda: render.repaired(result))
+
+
+def cmd_baseline(b: Bridge, a: SimpleNamespace) -> int:
+    result = b.baseline(a.to, confirm=confirmer(a.yes))
+    return _show(a, result, lambda: render.baselined(result))
+
+
+def cmd_wait(b: Bridge, a: SimpleNamespace) -> int:
+    result = b.wait()
+    return _show(a, result, lambda: render.waited(result))
 
 
 def cmd_new(b: Bridge, a: SimpleNamespace) -> int:
@@ -305,4 +338,8 @@ COMMANDS: dict[str, Callable[[Bridge, SimpleNamespace], int]] = {
     "restore": cmd_restore,
     "db": cmd_db,
     "tools": cmd_tools,
+    "history": cmd_history,
+    "repair": cmd_repair,
+    "baseline": cmd_baseline,
+    "wait": cmd_wait,
 }

@@ -75,6 +75,7 @@ class Policy:
     keep_last: int = 7  # retention: the newest N backups ...
     keep_daily: int = 7  # ... plus the newest of each of the last D days ...
     keep_weekly: int = 4  # ... plus the newest of each of the last W weeks
+    schema_file: bool = False  # write schema.sql beside the migrations after migrate and rollback (dev)
 
 
 POLICY_DEFAULTS: dict[str, object] = {f.name: f.default for f in fields(Policy)}

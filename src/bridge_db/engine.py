@@ -91,6 +91,7 @@ class RunResult:
     single_transaction: bool = False
     run_id: str | None = None
     backup: str | None = None  # the backup taken before this run (production policy)
+    schema_file: str | None = None  # schema.sql written after the run (dev)
 
     def as_dict(self) -> dict:
         data = dict(self.__dict__)

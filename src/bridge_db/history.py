@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import psycopg2
+import psycopg2.errors
 
 from . import __version__
 from .errors import HistoryUnusable, PrerequisiteMissing
@@ -50,7 +51,7 @@ ALTER TABLE public.schema_migrations ADD COLUMN IF NOT EXISTS rollback_checksum 
 CREATE TABLE IF NOT EXISTS public.schema_migrations_log (
     id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     run_id        uuid        NOT NULL,
-    action        text        NOT NULL CHECK (action IN ('apply', 'rollback')),
+    action        text        NOT NULL,
     version       integer     NOT NULL,
     name          text        NOT NULL,
     checksum      char(64)    NOT NULL,
@@ -67,6 +68,11 @@ CREATE TABLE IF NOT EXISTS public.schema_migrations_log (
 );
 COMMENT ON TABLE public.schema_migrations_log IS
     'Every apply and rollback attempt by bridge-db, failed ones included (their changes were rolled back).';
+-- repair (an edited file's checksum accepted) and baseline (history recorded for an existing schema)
+-- came later: the check is replaced where it still names only apply and rollback.
+ALTER TABLE public.schema_migrations_log DROP CONSTRAINT IF EXISTS schema_migrations_log_action_check;
+ALTER TABLE public.schema_migrations_log ADD CONSTRAINT schema_migrations_log_action_check
+    CHECK (action IN ('apply', 'rollback', 'repair', 'baseline'));
 CREATE TABLE IF NOT EXISTS public.schema_migrations_progress (
     version          integer     PRIMARY KEY,
     action           text        NOT NULL,
@@ -160,6 +166,8 @@ def ensure_history_tables(cur) -> None:
     cur.execute(
         "SELECT bool_and(to_regclass('public.' || t) IS NOT NULL) AND EXISTS (SELECT 1 FROM pg_attribute "
         "WHERE attrelid = to_regclass('public.schema_migrations') AND attname = 'rollback_checksum') "
+        "AND EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass('public.schema_migrations_log') "
+        "AND conname = 'schema_migrations_log_action_check' AND pg_get_constraintdef(oid) LIKE '%%baseline%%') "
         "FROM unnest(%s::text[]) t",
         (list(ENGINE_TABLES),),
     )
@@ -221,7 +229,26 @@ def applied_head(cur) -> int | None:
         return None
 
 
+# The whole history and whether the log exists, in one round trip, when the tables are bridge-db's
+# current ones (these column names are what makes a schema_migrations table ours). A table that is
+# missing, older (no rollback_checksum) or another tool's makes it fail, and the careful path decides.
+_READ_APPLIED_AT_ONCE = (
+    "SELECT h.version, h.name, h.checksum, h.applied_at, h.applied_by, h.execution_ms, h.rollback_checksum, "
+    "l.log_exists FROM (SELECT to_regclass('public.schema_migrations_log') IS NOT NULL) l(log_exists) "
+    "LEFT JOIN public.schema_migrations h ON true ORDER BY h.version"
+)
+
+
 def read_applied(cur) -> dict[int, AppliedMigration]:
+    if cur.connection.autocommit and cur.connection.info.transaction_status == 0:  # idle: a failure costs nothing
+        try:
+            cur.execute(_READ_APPLIED_AT_ONCE)
+        except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn):
+            pass  # no history yet, or an older or foreign table: the careful path below
+        else:
+            rows = cur.fetchall()
+            if rows and rows[0][-1]:  # the log exists too: this is bridge-db's history
+                return {row[0]: AppliedMigration(*row[:-1]) for row in rows if row[0] is not None}
     columns = _history_columns(cur)
     if columns is None:
         return {}
