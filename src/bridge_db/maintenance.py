@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -179,6 +180,11 @@ def applied_text_from_git(path: Path, checksum: str, depth: int = 200) -> tuple[
     return None
 
 
+# Offsets into the text in a parse tree (location, stmt_location, stmt_len, rexpr_list_start, ...):
+# they move with comments and layout, and say nothing about what a statement does.
+_POSITION_KEY = re.compile(r"(location|_start|_end|stmt_len)$")
+
+
 def _statements_differ(old: str, new: str) -> bool | None:
     """Whether the two texts hold different statements (comments and layout aside), by their parse trees
     without positions; None when either does not parse."""
@@ -187,7 +193,7 @@ def _statements_differ(old: str, new: str) -> bool | None:
     def tree(text: str):
         def strip(node):
             if isinstance(node, dict):
-                return {k: strip(v) for k, v in node.items() if not k.endswith("location") and k != "stmt_len"}
+                return {k: strip(v) for k, v in node.items() if not _POSITION_KEY.search(k)}
             if isinstance(node, list):
                 return [strip(v) for v in node]
             return node
