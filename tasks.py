@@ -180,18 +180,25 @@ TOOLS_ENV = {"PATH": f"{BIN}:{os.environ.get('PATH', '')}", "ANSIBLE_CONFIG": st
 
 
 @task(
+    iterable=["only"],
     help={
         "runs": "interleaved rounds of the tool comparison (default 10)",
+        "large_runs": "interleaved rounds of the 500-migration comparison (default 3)",
         "backup_runs": "runs of the 1 GB backup comparison (default 3)",
-    }
+        "only": "rerun only this benchmark (compare, live, fleet, backup); repeat for more; others reuse their "
+        "last results",
+        "baseline_src": "another checkout's src/ (e.g. a worktree of main): its bridge-db runs in the same rounds",
+    },
 )
-def bench(c, runs=10, backup_runs=3):
+def bench(c, runs=10, large_runs=3, backup_runs=3, only=None, baseline_src=None):
     """All benchmarks against dbmate, yoyo, Alembic, Sqitch and psql; writes docs/benchmarks.md and .png."""
-    c.run(
-        f"{sys.executable} {ROOT / 'benchmarks' / 'run_all.py'} --runs {runs} --backup-runs {backup_runs}",
-        pty=False,
-        env=TOOLS_ENV,
-    )
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--runs", str(runs), "--large-runs",
+           str(large_runs), "--backup-runs", str(backup_runs)]  # fmt: skip
+    if only:
+        cmd += ["--only", *only]
+    if baseline_src:
+        cmd += ["--baseline-src", str(baseline_src)]
+    c.run(shlex.join(cmd), pty=False, env=TOOLS_ENV)
 
 
 @task(

@@ -135,8 +135,8 @@ def commands(
     files = sorted(p for p in migrations_dir.glob("0*.sql") if "_rollback_" not in p.name)
     rollbacks = sorted(migrations_dir.glob("*_rollback_*.sql"), reverse=True)
     psql = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn]
-    if tool in ("bridge-db", "bridge-db (invoke)"):
-        cli = [str(BIN / "bridge-db")] if tool == "bridge-db" else [str(BIN / "invoke")]
+    if tool.startswith("bridge-db"):
+        cli = [str(BIN / "invoke")] if "invoke" in tool else [str(BIN / "bridge-db")]
         folder = [] if migrations_dir == ROOT / "migrations" else ["--migrations-dir", str(migrations_dir)]
         return {
             "apply": [[*cli, "migrate", "--dsn", dsn, *folder]],
@@ -190,12 +190,12 @@ def commands(
     raise ValueError(tool)
 
 
-def timed(cmds: list[list[str]]) -> tuple[float, int]:
+def timed(cmds: list[list[str]], env: dict | None = None, cwd: Path = ROOT) -> tuple[float, int]:
     """Wall ms of running the commands in order, and the peak RSS (kB) among them."""
     started = time.perf_counter()
     peak = 0
     for cmd in cmds:
-        proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, env=env or ENV, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         err = proc.stderr.read()
         _, status, usage = os.wait4(proc.pid, 0)  # this process's own peak RSS, not all children's
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -225,7 +225,18 @@ def fresh_database(admin, dsn: str, name: str) -> tuple[str, str]:
     return psycopg2.extensions.make_dsn(dsn, dbname=name), url
 
 
-def compare(admin, dsn, tools, peers, projects, migrations_dir, runs, ops) -> dict:
+BASELINE = " (baseline)"  # a tool run from another checkout's src (--baseline-src): before and after
+
+
+def where(tool: str, baseline_src: Path | None) -> tuple[dict | None, Path]:
+    """The environment and folder a tool runs in: a baseline variant imports the other checkout's code
+    (PYTHONPATH before the editable install; Invoke reads that checkout's tasks.py)."""
+    if baseline_src is None or not tool.endswith(BASELINE):
+        return None, ROOT
+    return {**ENV, "PYTHONPATH": str(baseline_src)}, baseline_src.parent
+
+
+def compare(admin, dsn, tools, peers, projects, migrations_dir, runs, ops, baseline_src=None) -> dict:
     """Interleaved rounds: per round and tool a fresh database, then `ops` in order. Median ms and peak RSS."""
     samples: dict[str, dict[str, list[float]]] = {t: {op: [] for op in ops} for t in tools}
     peak: dict[str, int] = dict.fromkeys(tools, 0)
@@ -234,10 +245,11 @@ def compare(admin, dsn, tools, peers, projects, migrations_dir, runs, ops) -> di
             name = f"bench_cmp_{tools.index(tool)}"
             tool_dsn, url = fresh_database(admin, dsn, name)
             cmds = commands(tool, peers.get(tool, ""), tool_dsn, url, projects, migrations_dir)
+            env, cwd = where(tool, baseline_src)
             for op in ops:
                 if not cmds[op]:
                     continue
-                ms, rss = timed(cmds[op])
+                ms, rss = timed(cmds[op], env, cwd)
                 if round_number:  # round 0 warms caches up
                     samples[tool][op].append(ms)
                     peak[tool] = max(peak[tool], rss)
@@ -257,12 +269,21 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=500, help="migrations in the scale case (0: skip it)")
     parser.add_argument("--large-runs", type=int, default=3)
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="another checkout's src/ (e.g. a worktree of main): its bridge-db and Invoke run too, as '... (baseline)'",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from bridge_db.discovery import discover_migrations
 
     peers = install_peers()
     tools = ["bridge-db", "bridge-db (invoke)", "psql loop (seed)", "psql -1 (floor)", *peers]
+    if args.baseline_src:
+        tools[2:2] = ["bridge-db" + BASELINE, "bridge-db (invoke)" + BASELINE]
+    baseline = args.baseline_src.resolve() if args.baseline_src else None
     admin = psycopg2.connect(args.dsn)
     admin.autocommit = True
     six = discover_migrations(ROOT / "migrations")[:6]
@@ -273,23 +294,26 @@ def main() -> None:
         shutil.copy2(m.forward.path, six_dir / m.forward.path.name)
         shutil.copy2(m.rollback.path, six_dir / m.rollback.path.name)
     projects = write_projects(six)
-    results = compare(admin, args.dsn, tools, peers, projects, six_dir, args.runs, ("apply", "noop", "rollback"))
+    results = compare(
+        admin, args.dsn, tools, peers, projects, six_dir, args.runs, ("apply", "noop", "rollback"), baseline
+    )
     print(f"median of {args.runs} interleaved rounds (ms), the six Bridge migrations")
-    print(f"  {'tool':<22}{'no-op':>9}{'apply':>9}{'rollback':>10}{'MB':>6}")
+    print(f"  {'tool':<32}{'no-op':>9}{'apply':>9}{'rollback':>10}{'MB':>6}")
     for tool, r in results.items():
-        print(f"  {tool:<22}{r['noop']:>9.1f}{r['apply']:>9.1f}{r['rollback']:>10.1f}{r['peak_rss_kb'] / 1024:>6.0f}")
+        print(f"  {tool:<32}{r['noop']:>9.1f}{r['apply']:>9.1f}{r['rollback']:>10.1f}{r['peak_rss_kb'] / 1024:>6.0f}")
     if args.large:
         large_dir = generate_migrations(BENCH / f"large{args.large}", args.large)
         large_projects = write_projects(discover_migrations(large_dir), f"projects{args.large}")
         large = compare(
-            admin, args.dsn, tools, peers, large_projects, large_dir, args.large_runs, ("apply", "noop", "status")
-        )
+            admin, args.dsn, tools, peers, large_projects, large_dir, args.large_runs, ("apply", "noop", "status"),
+            baseline,
+        )  # fmt: skip
         results["large"] = {"migrations": args.large, "runs": args.large_runs, "tools": large}
         print(f"median of {args.large_runs} interleaved rounds (ms), {args.large} generated migrations")
-        print(f"  {'tool':<22}{'no-op':>9}{'apply':>9}{'status':>10}{'MB':>6}")
+        print(f"  {'tool':<32}{'no-op':>9}{'apply':>9}{'status':>10}{'MB':>6}")
         for tool, r in large.items():
             status = f"{r['status']:>10.1f}" if r["status"] is not None else f"{'n/a':>10}"
-            print(f"  {tool:<22}{r['noop']:>9.1f}{r['apply']:>9.1f}{status}{r['peak_rss_kb'] / 1024:>6.0f}")
+            print(f"  {tool:<32}{r['noop']:>9.1f}{r['apply']:>9.1f}{status}{r['peak_rss_kb'] / 1024:>6.0f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

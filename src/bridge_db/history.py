@@ -12,11 +12,9 @@ and refused with its own error before anything runs, instead of failing a migrat
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import socket
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -118,13 +116,24 @@ class RunContext:
     """Who runs what, written to every log row of one run."""
 
     environment: str
-    run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    run_id: str = field(default_factory=lambda: _new_run_id())
     os_user: str = field(default_factory=lambda: _os_user())
     client_host: str = field(default_factory=socket.gethostname)
     details: dict = field(default_factory=dict)
 
 
+def _new_run_id() -> str:
+    """A random (version 4) UUID, as uuid.uuid4() makes it, without importing uuid (and platform) on every run."""
+    b = bytearray(os.urandom(16))
+    b[6] = b[6] & 0x0F | 0x40
+    b[8] = b[8] & 0x3F | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def _os_user() -> str:
+    import getpass
+
     try:
         return getpass.getuser()
     except Exception:  # no login name in a minimal container: fall back to the uid

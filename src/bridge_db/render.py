@@ -15,7 +15,6 @@ from typing import IO, TYPE_CHECKING, Any
 from .engine import Direction, Progress
 
 if TYPE_CHECKING:
-    from .api import BackupListing, LintResult, NewMigration, PreloadedExtensions, PruneResult, ToolsReport
     from .backup import BackupResult, RestoreResult
     from .discovery import Migration
     from .embedded import ClusterStatus
@@ -24,6 +23,7 @@ if TYPE_CHECKING:
     from .maintenance import BaselineResult, HistoryReport, RepairedFile, RepairResult, WaitResult
     from .monitoring import StatsReport
     from .privileges import PrivilegeReport
+    from .results import BackupListing, LintResult, NewMigration, PreloadedExtensions, PruneResult, ToolsReport
 
 
 def note(message: str) -> None:
