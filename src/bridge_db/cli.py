@@ -8,7 +8,6 @@ one-line cause, its next step and its exit code.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -33,8 +32,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The whole command line; with `only` (the verb the command line names), that verb's options alone:
-    the other verbs are listed but not filled, which a run never needs (a third of a no-op's time)."""
+    """The whole command line; with `only` (the verb the command line names), that verb alone: a run
+    never needs the other verbs' parsers, and building them all was a sixth of a no-op's time."""
     parser = _Parser(
         prog="bridge-db",
         description="OmniNode Bridge database migrations and operations.",
@@ -43,10 +42,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bridge-db {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
-    for verb in VERBS:
-        sub = verbs.add_parser(verb, help=VERB_HELP[verb])
-        if only is None or verb == only:
-            add_arguments(sub, verb)
+    for verb in VERBS if only is None else (only,):
+        add_arguments(verbs.add_parser(verb, help=VERB_HELP[verb]), verb)
     return parser
 
 
@@ -171,6 +168,8 @@ def _unexpected_database_error(exc: Exception) -> BridgeDbError:
 
 def _print_error(exc: BridgeDbError, as_json: bool) -> None:
     if as_json:
+        import json
+
         print(json.dumps(exc.as_dict(), default=str))
         return
     print(f"error: {exc.message}", file=sys.stderr)
@@ -202,6 +201,8 @@ def confirmer(yes: bool) -> Callable[[str], bool]:
 
 def _show(a: SimpleNamespace, result: Any, human: Callable[[], None], code: int = 0) -> int:
     if a.json:
+        import json
+
         print(json.dumps(result.as_dict(), default=str))
     else:
         human()

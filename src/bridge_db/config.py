@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import string
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -321,6 +320,8 @@ def _check_backup_dir(where: str, value: str) -> None:
     """backup_dir may hold {env} and nothing else in braces: anything else would fail later, in every
     command that reads the folder."""
     try:
+        import string
+
         fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
     except ValueError as exc:
         raise UsageError(f"{where}: {value!r} is not a valid folder template ({exc})", 'e.g. "backups/{env}"') from None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -469,6 +468,8 @@ _TELLING = (
 
 
 def _connection_failed(target: Target, exc: Exception) -> ConnectionFailed:
+    import shlex
+
     text = str(exc)
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()] or ["unknown error"]
     first_line = next((ln for ln in lines if any(word in ln for word in _TELLING)), lines[0])

@@ -12,7 +12,6 @@ and refused with its own error before anything runs, instead of failing a migrat
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from dataclasses import dataclass, field
@@ -284,6 +283,12 @@ def record_rolled_back(cur, version: int) -> None:
     cur.execute("DELETE FROM public.schema_migrations WHERE version = %s", (version,))
 
 
+def _json(value: object) -> str:
+    import json
+
+    return json.dumps(value)
+
+
 def log_step(
     cur,
     run: RunContext,
@@ -318,6 +323,6 @@ def log_step(
             run.client_host,
             run.environment,
             __version__,
-            json.dumps(run.details),
+            _json(run.details),
         ),
     )

@@ -3,7 +3,6 @@ returns (a machine gets `--json` instead: each result's as_dict())."""
 
 from __future__ import annotations
 
-import shlex
 import sys
 import threading
 import time
@@ -349,6 +348,8 @@ def cluster(status: ClusterStatus, database: str | None) -> None:
         print(f"  version: PostgreSQL {status.server_version} ({status.bindir or 'binaries not found'})")
     if status.running:
         command = ["psql", "-h", str(status.socket_dir), "-p", str(status.port), "-U", "postgres"]
+        import shlex
+
         print(f"  connect: {shlex.join([*command, '-d', str(database)])}")
 
 
