@@ -457,8 +457,15 @@ class WaitResult:
 
 def wait_for(target: Target) -> WaitResult:
     """Connect (retrying until target.wait_seconds have passed) and ask the server its version."""
+    from .errors import ConnectionFailed
+
     started = time.monotonic()
-    conn = connect(target, start_embedded=False)
+    try:
+        conn = connect(target, start_embedded=False)
+    except ConnectionFailed as exc:
+        if target.embedded is not None:  # nobody else starts it: say who does
+            exc.next_step = "the embedded dev database is not running: start it with `invoke db.up` (or migrate)"
+        raise
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT current_setting('server_version')")
