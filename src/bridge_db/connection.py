@@ -147,7 +147,7 @@ def resolve_target(config: Config, env_name: str, dsn: str | None = None) -> Tar
         params["hostaddr"] = ""
         early_notes.append(
             f"PGHOSTADDR is set but not used: environment {environment.name} names its host "
-            f'({params["host"]}); pass --dsn "host=... hostaddr=..." to pin an address'
+            f"({params['host']}); pass --dsn \"host=... hostaddr=...\" to pin an address"
         )
     ignored = [var for var in LIBPQ_TARGET_VARS if os.environ.get(var)]
     if cluster is not None and ignored:
