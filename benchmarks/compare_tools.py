@@ -191,19 +191,22 @@ def commands(
     raise ValueError(tool)
 
 
-def timed(cmds: list[list[str]], env: dict | None = None, cwd: Path = ROOT) -> tuple[float, int]:
-    """Wall ms of running the commands in order, and the peak RSS (kB) among them."""
+def timed(cmds: list[list[str]], env: dict | None = None, cwd: Path = ROOT) -> tuple[float, int, float]:
+    """Wall ms of running the commands in order, the peak RSS (kB) among them, and their CPU ms (user and
+    system: on a shared machine, what the tool itself costs, whatever else competes for the cores)."""
     started = time.perf_counter()
     peak = 0
+    cpu = 0.0
     for cmd in cmds:
         proc = subprocess.Popen(cmd, env=env or ENV, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         err = proc.stderr.read()
         _, status, usage = os.wait4(proc.pid, 0)  # this process's own peak RSS, not all children's
         proc.returncode = os.waitstatus_to_exitcode(status)
         peak = max(peak, usage.ru_maxrss)
+        cpu += (usage.ru_utime + usage.ru_stime) * 1000
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd[:3])} failed: {err.decode(errors='replace')[-400:]}")
-    return (time.perf_counter() - started) * 1000, peak
+    return (time.perf_counter() - started) * 1000, peak, cpu
 
 
 # --------------------------------------------------------------------------- main
@@ -240,6 +243,7 @@ def where(tool: str, baseline_src: Path | None) -> tuple[dict | None, Path]:
 def compare(admin, dsn, tools, peers, projects, migrations_dir, runs, ops, baseline_src=None) -> dict:
     """Interleaved rounds: per round and tool a fresh database, then `ops` in order. Median ms and peak RSS."""
     samples: dict[str, dict[str, list[float]]] = {t: {op: [] for op in ops} for t in tools}
+    cpu: dict[str, dict[str, list[float]]] = {t: {op: [] for op in ops} for t in tools}
     peak: dict[str, int] = dict.fromkeys(tools, 0)
     for round_number in range(runs + 1):
         for tool in tools:
@@ -250,15 +254,20 @@ def compare(admin, dsn, tools, peers, projects, migrations_dir, runs, ops, basel
             for op in ops:
                 if not cmds[op]:
                     continue
-                ms, rss = timed(cmds[op], env, cwd)
+                ms, rss, cpu_ms = timed(cmds[op], env, cwd)
                 if round_number:  # round 0 warms caches up
                     samples[tool][op].append(ms)
+                    cpu[tool][op].append(cpu_ms)
                     peak[tool] = max(peak[tool], rss)
     with admin.cursor() as cur:
         for tool in tools:
             cur.execute(f'DROP DATABASE IF EXISTS "{PREFIX}{tools.index(tool)}" WITH (FORCE)')
     return {
-        t: {op: round(statistics.median(v), 1) if v else None for op, v in ops_.items()} | {"peak_rss_kb": peak[t]}
+        t: {op: round(statistics.median(v), 1) if v else None for op, v in ops_.items()}
+        | {
+            "peak_rss_kb": peak[t],
+            "cpu_ms": {op: round(statistics.median(v), 1) if v else None for op, v in cpu[t].items()},
+        }
         for t, ops_ in samples.items()
     }
 

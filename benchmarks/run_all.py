@@ -206,15 +206,18 @@ def report(compare, large, backup, live, fleet, info, runs) -> str:
         "A `(baseline)` row is the same command from another checkout (`invoke bench --baseline-src`), run in the "
         "same rounds: before and after a change.",
         "",
-        "| tool | no-op | fresh apply | rollback all | apply ÷ psql -1 | no-op ÷ dbmate | peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|",
+        "| tool | no-op | fresh apply | rollback all | apply ÷ psql -1 | no-op ÷ dbmate | no-op CPU ms "
+        "| peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     dbmate = compare.get("dbmate")
     for tool, r in compare.items():
         vs_dbmate = f"{r['noop'] / dbmate['noop']:.2f}×" if dbmate else "n/a"
+        cpu = r.get("cpu_ms", {}).get("noop")
         lines.append(
             f"| {tool} | {r['noop']:.0f} | {r['apply']:.0f} | {r['rollback']:.0f} | "
-            f"{r['apply'] / floor['apply']:.2f}× | {vs_dbmate} | {r['peak_rss_kb'] / 1024:.0f} |"
+            f"{r['apply'] / floor['apply']:.2f}× | {vs_dbmate} | {'n/a' if cpu is None else f'{cpu:.0f}'} | "
+            f"{r['peak_rss_kb'] / 1024:.0f} |"
         )
     if large:
         big = large["tools"]
@@ -227,16 +230,17 @@ def report(compare, large, backup, live, fleet, info, runs) -> str:
             "Each migration creates a table with a primary key, a default and an index; every tool gets them in its "
             "own format. Status is each tool's own (`status`, `list`, `current`); the psql floors have none.",
             "",
-            "| tool | no-op | fresh apply | status | no-op ÷ dbmate | apply ÷ dbmate | peak RSS (MB) |",
-            "|---|---|---|---|---|---|---|",
+            "| tool | no-op | fresh apply | status | no-op ÷ dbmate | apply ÷ dbmate | no-op CPU ms | peak RSS (MB) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for tool, r in big.items():
             status = f"{r['status']:.0f}" if r.get("status") is not None else "n/a"
             noop_vs = f"{r['noop'] / big_dbmate['noop']:.2f}×" if big_dbmate else "n/a"
             apply_vs = f"{r['apply'] / big_dbmate['apply']:.2f}×" if big_dbmate else "n/a"
+            cpu = r.get("cpu_ms", {}).get("noop")
             lines.append(
                 f"| {tool} | {r['noop']:.0f} | {r['apply']:.0f} | {status} | {noop_vs} | {apply_vs} | "
-                f"{r['peak_rss_kb'] / 1024:.0f} |"
+                f"{'n/a' if cpu is None else f'{cpu:.0f}'} | {r['peak_rss_kb'] / 1024:.0f} |"
             )
     lines.append("")
     if backup:
