@@ -83,6 +83,10 @@ backups = verb_task("backups")
 prune = verb_task("prune")
 restore = verb_task("restore")
 tools = verb_task("tools")
+history = verb_task("history")
+repair = verb_task("repair")
+baseline = verb_task("baseline")
+wait = verb_task("wait")
 lint_migrations = verb_task("lint", name="lint-migrations")
 db_up = verb_task("db", "up", "Start the embedded dev database (initialise it the first time).", action="up")
 db_down = verb_task("db", "down", "Stop the embedded dev database (its data stays in .devdb/).", action="down")
@@ -184,18 +188,25 @@ TOOLS_ENV = {"PATH": f"{BIN}:{os.environ.get('PATH', '')}", "ANSIBLE_CONFIG": st
 
 
 @task(
+    iterable=["only"],
     help={
         "runs": "interleaved rounds of the tool comparison (default 10)",
+        "large_runs": "interleaved rounds of the 500-migration comparison (default 3)",
         "backup_runs": "runs of the 1 GB backup comparison (default 3)",
-    }
+        "only": "rerun only this benchmark (compare, live, fleet, backup); repeat for more; others reuse their "
+        "last results",
+        "baseline_src": "another checkout's src/ (e.g. a worktree of main): its bridge-db runs in the same rounds",
+    },
 )
-def bench(c, runs=10, backup_runs=3):
+def bench(c, runs=10, large_runs=3, backup_runs=3, only=None, baseline_src=None):
     """All benchmarks against dbmate, yoyo, Alembic, Sqitch and psql; writes docs/benchmarks.md and .png."""
-    c.run(
-        f"{sys.executable} {ROOT / 'benchmarks' / 'run_all.py'} --runs {runs} --backup-runs {backup_runs}",
-        pty=False,
-        env=TOOLS_ENV,
-    )
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--runs", str(runs), "--large-runs",
+           str(large_runs), "--backup-runs", str(backup_runs)]  # fmt: skip
+    if only:
+        cmd += ["--only", *only]
+    if baseline_src:
+        cmd += ["--baseline-src", str(baseline_src)]
+    c.run(shlex.join(cmd), pty=False, env=TOOLS_ENV)
 
 
 @task(
@@ -335,6 +346,10 @@ ns = Collection(
     backups,
     prune,
     restore,
+    history,
+    repair,
+    baseline,
+    wait,
     deploy,
     bench,
     molecule_,

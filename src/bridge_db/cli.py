@@ -8,7 +8,6 @@ one-line cause, its next step and its exit code.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 
 from . import __version__, render
 from .api import Bridge, tools
-from .errors import EXIT_CODES, BridgeDbError, RefusedByPolicy, Terminated, UsageError
+from .errors import EXIT_CODES, PENDING_EXIT_CODE, BridgeDbError, RefusedByPolicy, Terminated, UsageError
 from .options import VERB_HELP, VERBS, add_arguments, values_for
 from .output import hide_connection_strings, redacting, run_log, secrets_in
 
@@ -32,7 +31,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, f"see `{self.prog} --help`")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `only` (the verb the command line names), that verb alone: a run
+    never needs the other verbs' parsers, and building them all was a sixth of a no-op's time."""
     parser = _Parser(
         prog="bridge-db",
         description="OmniNode Bridge database migrations and operations.",
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bridge-db {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
-    for verb in VERBS:
+    for verb in VERBS if only is None else (only,):
         add_arguments(verbs.add_parser(verb, help=VERB_HELP[verb]), verb)
     return parser
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     with _interruptible():
         with redacting(secrets):
             try:
-                args = build_parser().parse_args(argv)
+                args = build_parser(argv[0] if argv and argv[0] in VERBS else None).parse_args(argv)
             except BridgeDbError as exc:
                 exc.message = hide_connection_strings(exc.message, argv)
                 _print_error(exc, as_json=False)
@@ -82,10 +83,21 @@ def execute(verb: str, given: Mapping[str, Any], secrets: list[str] | None = Non
         bridge = Bridge(
             getattr(a, "env", None), getattr(a, "dsn", None), getattr(a, "config", None),
             getattr(a, "migrations_dir", None), getattr(a, "backup_dir", None), warn=render.warn, note=render.note,
+            wait_seconds=_wait_seconds(verb, a),
         )  # fmt: skip
         # redaction inside the run log's copy, so that the log file gets the redacted text too
         with run_log(verb, bridge, bool(getattr(a, "dry_run", False))), redacting(secrets):
             return _dispatch(verb, bridge, a)
+
+
+def _wait_seconds(verb: str, a: SimpleNamespace) -> float:
+    """--wait-timeout S (which implies --wait), else --wait's default; `wait` always waits."""
+    from .options import DEFAULT_WAIT_SECONDS
+
+    timeout = getattr(a, "wait_timeout", None)
+    if timeout is not None:
+        return timeout
+    return DEFAULT_WAIT_SECONDS if verb == "wait" or getattr(a, "wait", False) else 0.0
 
 
 @contextmanager
@@ -156,6 +168,8 @@ def _unexpected_database_error(exc: Exception) -> BridgeDbError:
 
 def _print_error(exc: BridgeDbError, as_json: bool) -> None:
     if as_json:
+        import json
+
         print(json.dumps(exc.as_dict(), default=str))
         return
     print(f"error: {exc.message}", file=sys.stderr)
@@ -187,6 +201,8 @@ def confirmer(yes: bool) -> Callable[[str], bool]:
 
 def _show(a: SimpleNamespace, result: Any, human: Callable[[], None], code: int = 0) -> int:
     if a.json:
+        import json
+
         print(json.dumps(result.as_dict(), default=str))
     else:
         human()
@@ -220,12 +236,34 @@ def cmd_reset(b: Bridge, a: SimpleNamespace) -> int:
 
 def cmd_status(b: Bridge, a: SimpleNamespace) -> int:
     report = b.status()
-    return _show(a, report, lambda: render.status(report), 5 if report.problems else 0)
+    code = 5 if report.problems else PENDING_EXIT_CODE if a.exit_code and report.pending else 0
+    return _show(a, report, lambda: render.status(report), code)
 
 
 def cmd_verify(b: Bridge, a: SimpleNamespace) -> int:
-    report = b.verify()
+    report = b.verify(schema=a.schema)
     return _show(a, report, lambda: render.verify(report), 0 if report.ok else 5)
+
+
+def cmd_history(b: Bridge, a: SimpleNamespace) -> int:
+    report = b.history(a.limit)
+    return _show(a, report, lambda: render.history(report))
+
+
+def cmd_repair(b: Bridge, a: SimpleNamespace) -> int:
+    result = b.repair(a.version, reason=a.reason, confirm=confirmer(a.yes),
+                      show=None if a.json else render.repair_change)  # fmt: skip
+    return _show(a, result, lambda: render.repaired(result))
+
+
+def cmd_baseline(b: Bridge, a: SimpleNamespace) -> int:
+    result = b.baseline(a.to, confirm=confirmer(a.yes))
+    return _show(a, result, lambda: render.baselined(result))
+
+
+def cmd_wait(b: Bridge, a: SimpleNamespace) -> int:
+    result = b.wait()
+    return _show(a, result, lambda: render.waited(result))
 
 
 def cmd_new(b: Bridge, a: SimpleNamespace) -> int:
@@ -315,4 +353,8 @@ COMMANDS: dict[str, Callable[[Bridge, SimpleNamespace], int]] = {
     "pitr": cmd_pitr,
     "db": cmd_db,
     "tools": cmd_tools,
+    "history": cmd_history,
+    "repair": cmd_repair,
+    "baseline": cmd_baseline,
+    "wait": cmd_wait,
 }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import string
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -81,6 +80,7 @@ class Policy:
     archive_failure: str = "warn"  # a failing WAL archive before a production run: warn, or refuse (exit 9)
     pitr_stanza: str = "bridge"  # the pgBackRest stanza of the environment's cluster
     pitr_config: str = ""  # pgbackrest.conf ("" = pgBackRest's own default, /etc/pgbackrest/pgbackrest.conf)
+    schema_file: bool = False  # write schema.sql beside the migrations after migrate and rollback (dev)
 
 
 POLICY_DEFAULTS: dict[str, object] = {f.name: f.default for f in fields(Policy)}
@@ -333,6 +333,8 @@ def _check_backup_dir(where: str, value: str) -> None:
     """backup_dir may hold {env} and nothing else in braces: anything else would fail later, in every
     command that reads the folder."""
     try:
+        import string
+
         fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
     except ValueError as exc:
         raise UsageError(f"{where}: {value!r} is not a valid folder template ({exc})", 'e.g. "backups/{env}"') from None

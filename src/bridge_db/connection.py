@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -49,6 +48,8 @@ class Target:
     # other environment's): destructive verbs then ask first, naming the database.
     foreign: bool = False
     notes: tuple[str, ...] = ()  # what the user should know about how the target was resolved
+    # --wait / --wait-timeout: keep trying to connect this long (seconds) before giving up with exit 3
+    wait_seconds: float = field(default=0.0, compare=False)
 
     @property
     def label(self) -> str:
@@ -377,18 +378,59 @@ def connect(target: Target, *, start_embedded: bool = True):
     """An autocommit connection (the engine issues BEGIN/COMMIT itself), or ConnectionFailed.
 
     For the embedded dev cluster, a failed first attempt starts the cluster and tries once more, so a
-    no-op run on a running cluster costs one connection and no process spawn.
+    no-op run on a running cluster costs one connection and no process spawn. With `target.wait_seconds`
+    (--wait), a failed attempt is retried with backoff until the server accepts the connection or the
+    time is up; a wrong password or certificate is not retried (waiting cannot mend it).
     """
     try:
         return _open(target)
     except psycopg2.OperationalError as exc:
         if target.embedded is None or not start_embedded:
+            if target.wait_seconds > 0 and _worth_waiting(exc):
+                return _wait_for_server(target, exc)
             raise _connection_failed(target, exc) from None
     target.embedded.up(database=target.database)
     try:
         return _open(target)
     except psycopg2.OperationalError as exc:
+        if target.wait_seconds > 0 and _worth_waiting(exc):
+            return _wait_for_server(target, exc)
         raise _connection_failed(target, exc) from None
+
+
+# Failures that waiting cannot mend: the server answered, and said no.
+_FINAL = ("password authentication failed", "no password supplied", "certificate", "SSL", "no pg_hba.conf entry")
+
+
+def _worth_waiting(exc: Exception) -> bool:
+    return not any(word in str(exc) for word in _FINAL)
+
+
+def _wait_for_server(target: Target, first: Exception):
+    """Retry connecting with exponential backoff (0.1 s doubling, at most 2 s) until target.wait_seconds
+    have passed since the first attempt; then ConnectionFailed naming the last error and the attempts."""
+    import time
+
+    deadline = time.monotonic() + target.wait_seconds
+    delay, attempts, last = 0.1, 1, first
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, 2.0)
+        attempts += 1
+        try:
+            return _open(target)
+        except psycopg2.OperationalError as exc:
+            last = exc
+            if not _worth_waiting(exc):
+                break
+    failed = _connection_failed(target, last)
+    failed.message += f" (after waiting {target.wait_seconds:g} s, {attempts} attempts)"
+    if _worth_waiting(last):
+        failed.next_step = f"{failed.next_step}; or wait longer with --wait-timeout SECONDS"
+    raise failed from None
 
 
 @contextmanager
@@ -426,6 +468,8 @@ _TELLING = (
 
 
 def _connection_failed(target: Target, exc: Exception) -> ConnectionFailed:
+    import shlex
+
     text = str(exc)
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()] or ["unknown error"]
     first_line = next((ln for ln in lines if any(word in ln for word in _TELLING)), lines[0])

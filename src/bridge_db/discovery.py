@@ -394,8 +394,8 @@ def discover_migrations(
         Migration(
             version=version,
             name=name,
-            forward=SqlFile(path, path.read_bytes()),
-            rollback=SqlFile(rollbacks[version], rollbacks[version].read_bytes()),
+            forward=SqlFile(path, _read(path)),
+            rollback=SqlFile(rollbacks[version], _read(rollbacks[version])),
         )
         for version, (name, path) in sorted(forwards.items())
     ]
@@ -418,20 +418,24 @@ def _read_folder(directory: Path, warn: Callable[[str], None]) -> tuple[dict[int
     root = directory.resolve()
     forwards: dict[int, tuple[str, Path]] = {}
     rollbacks: dict[int, Path] = {}
-    for path in sorted(directory.iterdir()):
-        name = path.name
+    # os.scandir: the kind of each entry comes with the listing, no stat per file (500 migrations: 1000)
+    with os.scandir(directory) as listing:
+        entries = sorted(listing, key=lambda e: e.name)
+    for entry in entries:
+        name = entry.name
         if name in ALLOWED_EXTRA_FILES:
             continue
         if name.startswith("."):
             warn(f"{directory / name}: hidden file ignored (a migration name starts with its number)")
             continue
-        if path.is_symlink() and not path.resolve().is_relative_to(root):
+        path = directory / name
+        if entry.is_symlink() and not path.resolve().is_relative_to(root):
             raise ValidationFailed(
                 f"{name}: is a symlink to {path.resolve()}, outside {directory}",
                 "copy the file into the migrations folder instead of linking to it",
                 file=str(path),
             )
-        if not path.is_file():
+        if not entry.is_file():
             raise ValidationFailed(
                 f"{name}: unexpected entry in {directory} (not a regular file)",
                 "migrations/ holds only NNN_name.sql and NNN_rollback_name.sql files; move it elsewhere",
@@ -457,6 +461,11 @@ def _read_folder(directory: Path, warn: Callable[[str], None]) -> tuple[dict[int
                 file=str(path),
             )
     return forwards, rollbacks
+
+
+def _read(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 def _check_numbering(forwards: dict[int, tuple[str, Path]], rollbacks: dict[int, Path]) -> None:

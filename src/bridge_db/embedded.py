@@ -8,16 +8,16 @@ import hashlib
 import os
 import pwd
 import re
-import shutil
 import stat
-import subprocess
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import PrerequisiteMissing
+
+if TYPE_CHECKING:
+    import subprocess
 
 SUPERUSER = "postgres"
 # What the seed's prerequisites create in the Bridge database.
@@ -46,6 +46,9 @@ class ClusterStatus:
 
 def find_server_binaries(data_dir: Path | None = None) -> Path:
     """A folder with initdb, pg_ctl and postgres; the major version that created `data_dir` first."""
+    import shutil
+    import subprocess
+
     candidates: list[Path] = []
     if os.environ.get(BINDIR_ENV):
         candidates.append(Path(os.environ[BINDIR_ENV]))
@@ -99,6 +102,8 @@ class EmbeddedCluster:
         socket_dir = self.base_dir / "run"
         if len(str(socket_dir / f".s.PGSQL.{port}")) > MAX_SOCKET_PATH:
             digest = hashlib.sha256(str(self.base_dir).encode()).hexdigest()[:12]
+            import tempfile
+
             socket_dir = Path(tempfile.gettempdir()) / f"bridge-db-{digest}"
         self.socket_dir = socket_dir
 
@@ -270,6 +275,8 @@ class EmbeddedCluster:
 
     def _run(self, cmd: list[str], check: bool) -> subprocess.CompletedProcess:
         """Server tools refuse to run as root: run them as the unprivileged service user then."""
+        import subprocess
+
         kwargs: dict = {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C"

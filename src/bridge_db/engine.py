@@ -10,8 +10,6 @@ carries what every step shares. status and verify, which only read, are in `insp
 from __future__ import annotations
 
 import os
-import random
-import shlex
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -93,6 +91,7 @@ class RunResult:
     backup: str | None = None  # the backup taken before this run (production policy)
     restore_point: dict | None = None  # {"name", "lsn"}: pg_create_restore_point before the first DDL
     warnings: list[str] = field(default_factory=list)  # said once each, before any DDL
+    schema_file: str | None = None  # schema.sql written after the run (dev)
 
     def as_dict(self) -> dict:
         data = dict(self.__dict__)
@@ -365,6 +364,8 @@ def check_required_extensions(cur, plan: Iterable[Migration]) -> None:
         psycopg2.sql.SQL("CREATE EXTENSION IF NOT EXISTS {};").format(psycopg2.sql.Identifier(ext)).as_string(cur)
         for ext in missing
     )
+    import shlex
+
     hint = f"as a superuser run: psql -d {shlex.quote(database)} -c {shlex.quote(commands)}"
     not_installed = [ext for ext in missing if ext not in installable]
     if not_installed:
@@ -531,6 +532,8 @@ def _with_lock_retries(target: Target, migration: Migration, attempt_once, progr
                     blockers=blocked.blockers,
                     version=migration.version,
                 ) from None
+            import random
+
             delay = min(30.0, policy.retry_backoff_ms / 1000 * 2**attempt) * random.uniform(0.5, 1.5)
             progress.retrying(migration, attempt + 1, policy.lock_retries, delay, blocked.blockers)
             time.sleep(delay)
@@ -584,8 +587,9 @@ def _run_step(state: RunState, cur, migration: Migration) -> StepResult:
     statement = None
     try:
         _fresh_session(cur, target, timeouts="transaction")  # each migration starts from the same state
-        for statement in attempt.sql_file.statements:
-            cur.execute(statement.sql)
+        if not _ran_whole(conn, cur, attempt.sql_file):
+            for statement in attempt.sql_file.statements:
+                cur.execute(statement.sql)
         elapsed = _ms_since(attempt.t0)
     except psycopg2.Error as exc:
         raise _step_failed(state, attempt, statement, exc) from None
@@ -606,6 +610,31 @@ def _run_step(state: RunState, cur, migration: Migration) -> StepResult:
         raise
     skipped = sum(1 for n in conn.notices[notices_before:] if "already exists, skipping" in n)
     return StepResult(state.direction, migration.version, migration.name, attempt.sql_file.path.name, elapsed, skipped)
+
+
+# A savepoint before a file sent whole: a statement that fails takes the file back to it, and the file
+# then runs again statement by statement to find the failing one. A migration cannot touch it: discovery
+# refuses transaction control (SAVEPOINT, ROLLBACK TO, RELEASE) in a file.
+_FILE_SAVEPOINT = "bridge_db_file"
+
+
+def _ran_whole(conn, cur, sql_file: SqlFile) -> bool:
+    """Run a transactional file of several statements in the caller's transaction in one round trip (a
+    simple query of several statements runs them in order, each under statement_timeout and
+    lock_timeout, as one by one), behind a savepoint. True when it ran; False when the file has one
+    statement, or when a statement failed: the file is then rolled back to the savepoint, and the caller
+    runs it statement by statement, so that the failure is raised by the statement itself (its file and
+    line, the tables it waited for, its retry, exactly as before)."""
+    if len(sql_file.statements) < 2:
+        return False
+    try:
+        cur.execute(f"SAVEPOINT {_FILE_SAVEPOINT};\n{sql_file.text}")
+        return True
+    except psycopg2.Error:
+        if conn.closed:
+            raise
+        cur.execute(f"ROLLBACK TO SAVEPOINT {_FILE_SAVEPOINT}")
+        return False
 
 
 def _record_in_engine_session(state: RunState, cur, attempt: Attempt, elapsed: int) -> None:

@@ -93,6 +93,11 @@ class RefusedByPolicy(BridgeDbError):
     kind = "refused"
 
 
+# `status --exit-code` when migrations are pending and nothing is wrong: a CI job can gate a deploy on it.
+# Not an error: no cause or next step is printed, and an edited or missing file still exits 5 (drift).
+PENDING_EXIT_CODE = 11
+
+
 # The table the README prints; kept here so that docs and code cannot drift apart.
 EXIT_CODES: list[tuple[int, str]] = [
     (0, "success (including 'nothing to do')"),
@@ -114,6 +119,7 @@ EXIT_CODES: list[tuple[int, str]] = [
         "bridge-db's own history tables unusable (another tool's table, privileges); "
         "the migration's transaction is not kept",
     ),
+    (PENDING_EXIT_CODE, "status --exit-code: migrations are pending (and no file changed); run migrate"),
     (130, "interrupted (Ctrl-C); the running transaction was rolled back"),
     (143, "terminated (SIGTERM); the running transaction was rolled back"),
 ]

@@ -12,15 +12,13 @@ and refused with its own error before anything runs, instead of failing a migrat
 
 from __future__ import annotations
 
-import getpass
-import json
 import os
 import socket
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import psycopg2
+import psycopg2.errors
 
 from . import __version__
 from .errors import HistoryUnusable, PrerequisiteMissing
@@ -50,7 +48,7 @@ ALTER TABLE public.schema_migrations ADD COLUMN IF NOT EXISTS rollback_checksum 
 CREATE TABLE IF NOT EXISTS public.schema_migrations_log (
     id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     run_id        uuid        NOT NULL,
-    action        text        NOT NULL CHECK (action IN ('apply', 'rollback')),
+    action        text        NOT NULL,
     version       integer     NOT NULL,
     name          text        NOT NULL,
     checksum      char(64)    NOT NULL,
@@ -67,6 +65,11 @@ CREATE TABLE IF NOT EXISTS public.schema_migrations_log (
 );
 COMMENT ON TABLE public.schema_migrations_log IS
     'Every apply and rollback attempt by bridge-db, failed ones included (their changes were rolled back).';
+-- repair (an edited file's checksum accepted) and baseline (history recorded for an existing schema)
+-- came later: the check is replaced where it still names only apply and rollback.
+ALTER TABLE public.schema_migrations_log DROP CONSTRAINT IF EXISTS schema_migrations_log_action_check;
+ALTER TABLE public.schema_migrations_log ADD CONSTRAINT schema_migrations_log_action_check
+    CHECK (action IN ('apply', 'rollback', 'repair', 'baseline'));
 CREATE TABLE IF NOT EXISTS public.schema_migrations_progress (
     version          integer     PRIMARY KEY,
     action           text        NOT NULL,
@@ -112,13 +115,24 @@ class RunContext:
     """Who runs what, written to every log row of one run."""
 
     environment: str
-    run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    run_id: str = field(default_factory=lambda: _new_run_id())
     os_user: str = field(default_factory=lambda: _os_user())
     client_host: str = field(default_factory=socket.gethostname)
     details: dict = field(default_factory=dict)
 
 
+def _new_run_id() -> str:
+    """A random (version 4) UUID, as uuid.uuid4() makes it, without importing uuid (and platform) on every run."""
+    b = bytearray(os.urandom(16))
+    b[6] = b[6] & 0x0F | 0x40
+    b[8] = b[8] & 0x3F | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def _os_user() -> str:
+    import getpass
+
     try:
         return getpass.getuser()
     except Exception:  # no login name in a minimal container: fall back to the uid
@@ -160,6 +174,8 @@ def ensure_history_tables(cur) -> None:
     cur.execute(
         "SELECT bool_and(to_regclass('public.' || t) IS NOT NULL) AND EXISTS (SELECT 1 FROM pg_attribute "
         "WHERE attrelid = to_regclass('public.schema_migrations') AND attname = 'rollback_checksum') "
+        "AND EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass('public.schema_migrations_log') "
+        "AND conname = 'schema_migrations_log_action_check' AND pg_get_constraintdef(oid) LIKE '%%baseline%%') "
         "FROM unnest(%s::text[]) t",
         (list(ENGINE_TABLES),),
     )
@@ -221,7 +237,26 @@ def applied_head(cur) -> int | None:
         return None
 
 
+# The whole history and whether the log exists, in one round trip, when the tables are bridge-db's
+# current ones (these column names are what makes a schema_migrations table ours). A table that is
+# missing, older (no rollback_checksum) or another tool's makes it fail, and the careful path decides.
+_READ_APPLIED_AT_ONCE = (
+    "SELECT h.version, h.name, h.checksum, h.applied_at, h.applied_by, h.execution_ms, h.rollback_checksum, "
+    "l.log_exists FROM (SELECT to_regclass('public.schema_migrations_log') IS NOT NULL) l(log_exists) "
+    "LEFT JOIN public.schema_migrations h ON true ORDER BY h.version"
+)
+
+
 def read_applied(cur) -> dict[int, AppliedMigration]:
+    if cur.connection.autocommit and cur.connection.info.transaction_status == 0:  # idle: a failure costs nothing
+        try:
+            cur.execute(_READ_APPLIED_AT_ONCE)
+        except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn):
+            pass  # no history yet, or an older or foreign table: the careful path below
+        else:
+            rows = cur.fetchall()
+            if rows and rows[0][-1]:  # the log exists too: this is bridge-db's history
+                return {row[0]: AppliedMigration(*row[:-1]) for row in rows if row[0] is not None}
     columns = _history_columns(cur)
     if columns is None:
         return {}
@@ -246,6 +281,12 @@ def record_applied(
 
 def record_rolled_back(cur, version: int) -> None:
     cur.execute("DELETE FROM public.schema_migrations WHERE version = %s", (version,))
+
+
+def _json(value: object) -> str:
+    import json
+
+    return json.dumps(value)
 
 
 def log_step(
@@ -282,6 +323,6 @@ def log_step(
             run.client_host,
             run.environment,
             __version__,
-            json.dumps(run.details),
+            _json(run.details),
         ),
     )

@@ -3,7 +3,7 @@ applied migrations declare. Both only read."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg2
 
@@ -60,6 +60,8 @@ class VerifyReport:
     # files; "names": only that declared tables, columns and indexes exist (the replay was not possible).
     compared: str = "definitions"
     note: str | None = None
+    schema_file: str | None = None  # verify --schema: the schema.sql compared with
+    schema_diff: list[str] = field(default_factory=list)  # its unified diff against the live database
 
     @property
     def ok(self) -> bool:

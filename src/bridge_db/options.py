@@ -17,10 +17,16 @@ ENV_VAR = "BRIDGE_DB_ENV"
 # Verbs that connect to an environment's database, and verbs of the project folder only.
 DATABASE_VERBS = (
     "migrate", "rollback", "status", "verify", "reset", "setup-extensions", "grant", "stats",
-    "backup", "backups", "prune", "restore", "pitr", "db",
+    "backup", "backups", "prune", "restore", "pitr", "db", "history", "repair", "baseline", "wait",
 )  # fmt: skip
 VERBS = (*DATABASE_VERBS[:4], "new", "lint", *DATABASE_VERBS[4:], "tools")
 COMMON = (*DATABASE_VERBS, "new", "lint")  # every verb but `tools` takes --env, --dsn, --config, ...
+# Verbs that open a connection to the environment's database: they take --wait and --wait-timeout.
+CONNECTING_VERBS = (
+    "migrate", "rollback", "status", "verify", "reset", "setup-extensions", "grant", "stats", "backup",
+    "restore", "history", "repair", "baseline", "wait",
+)  # fmt: skip
+DEFAULT_WAIT_SECONDS = 60.0
 
 # How an Ansible module spells an option it accepts under another name or mechanism.
 CHECK_MODE = "<check_mode>"  # --dry-run / --check: Ansible's check mode
@@ -132,13 +138,60 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "to",
-        ("migrate", "rollback"),
+        ("migrate", "rollback", "baseline"),
         "stop after this migration (default: newest)",
         kind="int",
-        help_for={"rollback": "roll back every migration newer than VERSION (0: all)"},
+        help_for={
+            "rollback": "roll back every migration newer than VERSION (0: all)",
+            "baseline": "record migrations 1..VERSION as applied (their declared tables, columns and indexes must "
+            "exist; required)",
+        },
         metavar="VERSION",
     ),
     Option("steps", ("rollback",), "how many migrations to roll back (default 1)", kind="int"),
+    Option(
+        "version",
+        ("repair",),
+        "the applied migration whose edited files to accept (default: every applied one that changed)",
+        kind="int",
+        positional=True,
+    ),
+    Option(
+        "reason",
+        ("repair",),
+        "why the edited file is accepted: recorded in the run log with who and when (required)",
+    ),
+    Option(
+        "exit_code",
+        ("status",),
+        f"exit {11} when migrations are pending (5 when an applied file changed or is gone), for CI gates",
+        kind="flag",
+        ansible=None,
+    ),
+    Option(
+        "schema",
+        ("verify",),
+        "also compare the live schema with schema.sql beside the migrations (pg_dump --schema-only, normalised)",
+        kind="flag",
+        ansible=None,
+    ),
+    Option("limit", ("history",), "how many runs, newest first", kind="int", default=20, ansible=None),
+    Option(
+        "wait",
+        tuple(v for v in CONNECTING_VERBS if v != "wait"),
+        f"retry connecting with backoff until the server accepts connections (at most --wait-timeout, "
+        f"default {DEFAULT_WAIT_SECONDS:g} s), then exit 3 naming the last error",
+        kind="flag",
+        ansible=None,
+    ),
+    Option(
+        "wait_timeout",
+        CONNECTING_VERBS,
+        "how long to wait for the server, in seconds (implies --wait)",
+        kind="seconds",
+        help_for={"wait": f"how long to wait for the server, in seconds (default {DEFAULT_WAIT_SECONDS:g})"},
+        ansible=None,
+    ),
     Option(
         "dry_run",
         ("migrate", "rollback", "prune"),
@@ -162,7 +215,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "yes",
-        ("migrate", "rollback", "reset", "restore", "pitr"),
+        ("migrate", "rollback", "reset", "restore", "pitr", "repair", "baseline"),
         YES_HELP,
         kind="flag",
         aliases=("-y",),
@@ -170,6 +223,8 @@ OPTIONS: tuple[Option, ...] = (
             "reset": "confirm a reset outside the embedded dev cluster (without a terminal it is refused otherwise)",
             "restore": "confirm non-interactively (without a terminal, commands that ask refuse otherwise)",
             "pitr": "confirm --replace-live non-interactively (without a terminal it is refused otherwise)",
+            "repair": "confirm non-interactively outside dev (without a terminal it is refused otherwise)",
+            "baseline": "confirm non-interactively outside dev (without a terminal it is refused otherwise)",
         },
         ansible="confirm",
     ),
@@ -350,7 +405,11 @@ def ansible_spec(verbs: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 VERB_HELP: dict[str, str] = {
     "migrate": "apply pending migrations (dev: starts the embedded database; production: backup first, asks)",
     "rollback": "roll back applied migrations, newest first",
-    "status": "show applied and pending migrations (exit 5 on drift)",
+    "status": "show applied and pending migrations (exit 5 on drift; --exit-code: 11 when pending)",
+    "history": "the run log: who ran what, when, the result, the backup or restore point before it",
+    "repair": "accept the checksum of an applied migration's edited file, after showing the change (logged)",
+    "baseline": "record migrations 1..N as applied on a database that already has their tables",
+    "wait": "wait until the server accepts connections (exit 3 after --wait-timeout)",
     "verify": "check history against files and the live schema against the applied migrations",
     "new": "scaffold the next numbered migration pair",
     "lint": "lint migrations: squawk (locking) plus the project's rules (exit 5 on findings)",

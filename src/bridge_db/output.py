@@ -3,7 +3,6 @@ and the run log that copies a changing verb's output into log_dir when the envir
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -53,6 +52,10 @@ def secrets_in(argv: list[str]) -> list[str]:
         found += dsn_secrets(os.environ.get(var))
     if os.environ.get("PGPASSWORD"):
         found.append(os.environ["PGPASSWORD"])
+    if not found:
+        return []
+    import json
+
     # as printed: plain, inside JSON (--json, error details), inside a repr()
     shown = {form for secret in found for form in (secret, json.dumps(secret)[1:-1], repr(secret)[1:-1])}
     return sorted(shown, key=len, reverse=True)

@@ -3,7 +3,6 @@ returns (a machine gets `--json` instead: each result's as_dict())."""
 
 from __future__ import annotations
 
-import shlex
 import sys
 import threading
 import time
@@ -15,15 +14,16 @@ from typing import IO, TYPE_CHECKING, Any
 from .engine import Direction, Progress
 
 if TYPE_CHECKING:
-    from .api import BackupListing, LintResult, NewMigration, PreloadedExtensions, PruneResult, ToolsReport
     from .backup import BackupResult, RestoreResult
     from .discovery import Migration
     from .embedded import ClusterStatus
     from .engine import RunResult, StepResult
     from .inspection import StatusReport, VerifyReport
+    from .maintenance import BaselineResult, HistoryReport, RepairedFile, RepairResult, WaitResult
     from .monitoring import StatsReport
     from .pitr import PitrRestoreResult, PitrStatus
     from .privileges import PrivilegeReport
+    from .results import BackupListing, LintResult, NewMigration, PreloadedExtensions, PruneResult, ToolsReport
 
 
 def note(message: str) -> None:
@@ -94,6 +94,8 @@ def run_result(result: RunResult) -> None:
         f"{done} {len(result.steps)} migration(s) in {result.total_ms} ms; {result.target} is now at {head}"
         + (f" ({adopted} adopted existing objects)" if adopted else "")
     )
+    if result.schema_file:
+        print(f"schema written: {result.schema_file}")
 
 
 def status(report: StatusReport) -> None:
@@ -118,6 +120,8 @@ def status(report: StatusReport) -> None:
 
 
 def verify(report: VerifyReport) -> None:
+    for line in report.schema_diff:
+        print(line, file=sys.stderr)
     if report.ok:
         what = (
             "match in type, NOT NULL, default, constraints and indexes"
@@ -134,6 +138,68 @@ def verify(report: VerifyReport) -> None:
             print(f"problem: {problem}", file=sys.stderr)
     if report.note:  # names only: types, defaults and constraints were not compared
         note(report.note)
+
+
+def history(report: HistoryReport) -> None:
+    print(report.target)
+    if not report.runs:
+        print("no runs recorded")
+        return
+    rows = [("WHEN (UTC)", "ENV", "WHO", "ACTION", "VERSIONS", "RESULT", "MS", "BACKUP / RESTORE POINT")]
+    for r in report.runs:
+        who = f"{r.os_user or '?'}@{r.client_host or '?'} as {r.db_user}"
+        versions = ",".join(f"{v:03d}" for v in r.versions)
+        result = "ok" if r.success else f"failed: {(r.error or '')[:60]}"
+        if r.reason:
+            result += f" ({r.reason[:60]})"
+        saved = []
+        if r.backup:
+            saved.append(f"backup {r.backup}")
+        if r.restore_point:
+            saved.append(f"restore point {r.restore_point.get('name')} at {r.restore_point.get('lsn')}")
+        when = r.started_at[:19].replace("T", " ")
+        rows.append((when, r.environment or "-", who, r.action, versions, result, str(r.execution_ms),
+                     "; ".join(saved) or "-"))  # fmt: skip
+    table(rows)
+
+
+def repair_change(entry: RepairedFile) -> None:
+    """Shown before repair asks: what changed in the applied file."""
+    out = sys.stderr
+    print(f"{entry.file}: applied with checksum {entry.recorded_checksum[:12]}, now {entry.file_checksum[:12]}",
+          file=out)  # fmt: skip
+    if entry.applied_text_from is None:
+        print("  the applied text is not in git history (only its checksum is recorded): no diff to show", file=out)
+        return
+    for line in entry.diff:
+        print(f"  {line}", file=out)
+    if entry.statements_changed is False:
+        print("  the statements are unchanged: only comments or layout differ", file=out)
+    elif entry.statements_changed:
+        print(
+            "  the STATEMENTS differ: databases that ran the old file do not have what the new one says; "
+            "prefer a new migration (restore this file with git)",
+            file=out,
+        )
+
+
+def repaired(result: RepairResult) -> None:
+    if not result.repaired:
+        print(f"nothing to repair: every applied file on {result.target} matches its recorded checksum")
+        return
+    names = ", ".join(Path(r.file).name for r in result.repaired)
+    print(f"repaired {result.target}: accepted {names}; logged as run {result.run_id} ({result.reason})")
+
+
+def baselined(result: BaselineResult) -> None:
+    print(
+        f"baseline: {result.target} recorded 001..{result.baseline_to:03d} as applied ({len(result.recorded)} "
+        f"migration(s); {result.checked_objects} declared tables, columns and indexes found)"
+    )
+
+
+def waited(result: WaitResult) -> None:
+    print(f"ready: {result.target} (PostgreSQL {result.server_version}) after {result.waited_s:g} s")
 
 
 def new_migration(result: NewMigration) -> None:
@@ -330,6 +396,8 @@ def cluster(status: ClusterStatus, database: str | None) -> None:
         print(f"  version: PostgreSQL {status.server_version} ({status.bindir or 'binaries not found'})")
     if status.running:
         command = ["psql", "-h", str(status.socket_dir), "-p", str(status.port), "-U", "postgres"]
+        import shlex
+
         print(f"  connect: {shlex.join([*command, '-d', str(database)])}")
 
 
