@@ -170,11 +170,20 @@ def server_cert(state: Path, env: str, address: str, home: Path, user: str) -> N
     key.unlink()
 
 
+MARK = ".bridge-loopback-host"  # in the home of every user this tool made; it touches no other user
+
+
 def make_user(user: str) -> Path:
     try:
-        pwd.getpwnam(user)
+        existing = Path(pwd.getpwnam(user).pw_dir)
     except KeyError:
         run(["useradd", "--create-home", "--shell", "/bin/bash", user])
+        (Path(pwd.getpwnam(user).pw_dir) / MARK).touch()
+    else:
+        if not (existing / MARK).exists():
+            sys.exit(
+                f"loopback_hosts: the OS user {user} exists and was not made by this tool; refusing to take it over"
+            )
     # '*': no password login, but not locked ('!'), which sshd without PAM would refuse for keys too
     run(["usermod", "--password", "*", user])
     home = Path(pwd.getpwnam(user).pw_dir)
@@ -321,6 +330,9 @@ def start_cluster(env: str, spec: dict, home: Path, passwords: dict) -> None:
         ALTER ROLE {MIGRATOR} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{passwords["migrator"]}';
         SELECT 'CREATE DATABASE {DATABASE} OWNER {MIGRATOR}'
           WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{DATABASE}')\\gexec
+        \\connect {DATABASE}
+        -- what docs/recovery.md asks of an operator: the migrator may take a production run's restore point
+        GRANT EXECUTE ON FUNCTION pg_create_restore_point(text), pg_switch_wal() TO {MIGRATOR};
     """,
     )
 
@@ -350,7 +362,11 @@ def up(args) -> None:
     state.chmod(0o700)
     specs = hosts(Path(args.config), args.only)
     (state / "ssh").mkdir(exist_ok=True)
-    (state / "ssh" / "known_hosts").write_text("")
+    # keep other environments' host keys (an earlier `up --only`); this run's hosts get theirs again
+    known = state / "ssh" / "known_hosts"
+    ours = tuple(f"[{spec['host']}]:{spec['port'] + SSH_PORT_OFFSET} " for spec in specs.values())
+    kept = [line for line in (known.read_text().splitlines() if known.exists() else []) if not line.startswith(ours)]
+    known.write_text("".join(line + "\n" for line in kept))
     make_ca(state)
     key = client_key(state)
     passwords: dict[str, dict] = {}
@@ -397,6 +413,9 @@ def down(args) -> None:
         try:
             home = Path(pwd.getpwnam(user).pw_dir)
         except KeyError:
+            continue
+        if not (home / MARK).exists():
+            print(f"loopback_hosts: leaving {user} alone: not made by this tool", file=sys.stderr)
             continue
         if (home / "pgdata" / "postmaster.pid").exists():
             run(

@@ -34,7 +34,9 @@ ANSIBLE_ONLY = {"project_dir", "password", "state", "preload"}
 # A fleet run must name its environment: required in Ansible ($BRIDGE_DB_ENV satisfies it), optional on
 # the command line where dev is the default.
 ANSIBLE_REQUIRED = {"environment"}
-INVOKE_TASKS = {verb: verb for verb in options.VERBS if verb not in ("db", "lint", "pitr")} | {"lint": "lint-migrations"}
+INVOKE_TASKS = {verb: verb for verb in options.VERBS if verb not in ("db", "lint", "pitr")} | {
+    "lint": "lint-migrations"
+}
 ACTION_TASKS = {"db": ("up", "down", "status"), "pitr": ("status", "restore")}  # a collection, a task per action
 
 

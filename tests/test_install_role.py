@@ -58,7 +58,7 @@ def play(tmp_path_factory):
         extra = {
             "ansible_python_interpreter": sys.executable,
             "bridge_db_install_version": VERSION,
-            "bridge_db_install_prefix": str(prefix),
+            "bridge_host_prefix": str(prefix),
             "bridge_db_install_config_content": CONFIG,
             "bridge_db_install_config_owner": os.getuid(),
             "bridge_db_install_config_group": os.getgid(),
@@ -227,6 +227,7 @@ def test_the_host_config_tls_files_and_pgpass_come_from_the_inventorys_environme
         bridge_db_password=migrator_secret,
         bridge_db_admin_password=admin_secret,
     )
+    (prefix / "environments.toml").unlink()  # the module's plain config is environment test's, not prod's
     result = play(prefix, "-vvv", home=home, **variables)
     assert result.returncode == 0, result.stdout
     for secret in (migrator_secret, admin_secret, "pa\\:ss", "adm\\:in"):
@@ -250,4 +251,8 @@ def test_the_host_config_tls_files_and_pgpass_come_from_the_inventorys_environme
     ]
     again = play(prefix, home=home, **variables)
     assert again.returncode == 0 and recap(again.stdout)["changed"] == 0, again.stdout
+    # another environment's install under the same prefix is refused, naming both
+    other = play(prefix, home=home, **{**variables, "bridge_environment": "staging"})
+    assert other.returncode != 0
+    assert "is the environment prod's, not staging's" in other.stdout, other.stdout
     assert play(prefix).returncode == 0  # the module's other tests read the plain config again

@@ -230,9 +230,12 @@ def test_restore_to_the_runs_restore_point_then_to_a_time_after_it(archived, mig
     report = json.loads(status.stdout)
     assert report["ok"] and report["last_full"] and report["last_archived_wal"]
     assert report["restore_points"][0]["name"] == point["name"]
-    assert json.loads(run_cli("status", "--config", str(config), "--env", "prod", "--json").stdout)[
-        "last_restore_point"
-    ]["name"] == point["name"]
+    assert (
+        json.loads(run_cli("status", "--config", str(config), "--env", "prod", "--json").stdout)["last_restore_point"][
+            "name"
+        ]
+        == point["name"]
+    )
 
     # to the restore point: the column and every row committed before the run; the migration not applied
     drill = run_cli(
@@ -374,8 +377,9 @@ def test_a_migrator_without_the_grant_is_told_the_grant(archived, migrations_cop
     result = engine.migrate(target, migrations, to_version=3, progress=progress, backup_dir=tmp_path)
     assert result.restore_point is None and result.head_after == 3
     assert len(progress.said) == 1 and "may not create a restore point" in progress.said[0]
-    assert "GRANT EXECUTE ON FUNCTION pg_create_restore_point(text), pg_switch_wal() TO pitr_migrator" in (
-        progress.said[0]
+    assert (
+        "GRANT EXECUTE ON FUNCTION pg_create_restore_point(text), pg_switch_wal() TO pitr_migrator"
+        in (progress.said[0])
     )
     # in the migrated database: functions, and their grants, are per database
     archived.sql("bridge", "GRANT EXECUTE ON FUNCTION pg_create_restore_point(text), pg_switch_wal() TO pitr_migrator")

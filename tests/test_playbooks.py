@@ -60,7 +60,11 @@ def test_each_playbook_targets_the_inventorys_environment(playbook, inventory):
     plays = _plays(out.stdout)
     # the guard play on the control node, then the play(s) that do the work, on the inventory's host only
     assert plays[0] == ("localhost", ["localhost"]), out.stdout
-    assert plays[1:] and all(hosts == [f"{inventory}-db"] for _, hosts in plays[1:]), out.stdout
+    work = plays[1:]
+    if playbook == "backup_status.yml":  # its report is a play on the control node, after the hosts' play
+        assert work[-1] == ("localhost", ["localhost"]), out.stdout
+        work = work[:-1]
+    assert work and all(hosts == [f"{inventory}-db"] for _, hosts in work), out.stdout
 
 
 @pytest.mark.parametrize("playbook", PLAYBOOKS)
