@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg2
@@ -121,19 +122,27 @@ class ArchivedCluster:
         return path
 
 
-@pytest.fixture(scope="module")
-def archived():
+@contextmanager
+def _archived_cluster(name: str, port_offset: int):
+    """An archiving cluster in a folder of its own under /var/tmp, on this xdist worker's ports; stopped and
+    removed afterwards."""
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-    base = Path("/var/tmp") / f"bridge-pitr-test-{uuid.uuid4().hex[:8]}"
+    base = Path("/var/tmp") / f"bridge-pitr-{name}-{uuid.uuid4().hex[:8]}"
     base.mkdir()
     shutil.chown(base, OS_USER, OS_USER)
-    cluster = ArchivedCluster(base, 58100 + 10 * worker)
+    cluster = ArchivedCluster(base, 58100 + 10 * worker + port_offset)
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.cluster.down()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def archived():
+    with _archived_cluster("test", 0) as cluster:
+        yield cluster
 
 
 def with_probe(migrations: Path) -> Path:
@@ -415,17 +424,8 @@ def test_restore_point_names_fit_postgresql_s_limit():
 @pytest.fixture
 def own_archived():
     """A cluster of one test's own, for what changes the cluster itself (the live replacement)."""
-    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-    base = Path("/var/tmp") / f"bridge-pitr-live-{uuid.uuid4().hex[:8]}"
-    base.mkdir()
-    shutil.chown(base, OS_USER, OS_USER)
-    cluster = ArchivedCluster(base, 58100 + 10 * worker + 5)
-    try:
-        cluster.start()
+    with _archived_cluster("live", 5) as cluster:
         yield cluster
-    finally:
-        cluster.cluster.down()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_the_live_cluster_is_replaced_only_confirmed_and_stopped(own_archived, migrations_copy, tmp_path):
