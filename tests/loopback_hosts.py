@@ -344,12 +344,18 @@ def write_vault(state: Path, vault_vars: Path, passwords: dict[str, dict]) -> No
     plain = "---\n" + "vault_bridge_db_passwords: " + json.dumps(passwords) + "\n"
     vault_vars.parent.mkdir(parents=True, exist_ok=True)
     vault = Path(sys.executable).parent / "ansible-vault"
+    # only this secret: a vault password from the caller's environment (Molecule sets one) would make
+    # two and ansible-vault refuses to choose
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("ANSIBLE_VAULT_PASSWORD_FILE", "ANSIBLE_VAULT_IDENTITY_LIST")
+    }
     # the plain text goes through a pipe, never to disk
     done = subprocess.run(
         [str(vault), "encrypt", "--vault-password-file", str(secret), "--output", "-", "-"],
         input=plain,
         text=True,
         capture_output=True,
+        env=env,
     )
     if done.returncode:
         sys.exit(f"loopback_hosts: ansible-vault encrypt failed: {done.stderr.strip()}")
